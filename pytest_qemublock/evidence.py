@@ -1,0 +1,106 @@
+"""Per-test evidence: command lines, process output, QMP transcripts.
+
+Everything is written while the test runs into its work directory, so even a
+hard crash leaves files behind. When the test fails (or with
+``--qb-evidence=all``) the logs are copied to ``<evidence-dir>/<test>/`` and a
+short excerpt goes into the pytest report.
+"""
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from pathlib import Path
+from typing import Any, Callable
+
+from .process import ManagedProcess
+from .qmp import Transcript
+
+RETENTION = ("failed", "all", "none")
+
+
+def safe_name(nodeid: str, limit: int = 120) -> str:
+    """A file-system-safe, still readable directory name for a test id."""
+    name = re.sub(r"[^A-Za-z0-9_.\-\[\]=]+", "_", nodeid.replace("::", "__")).strip("_")
+    return name[:limit]
+
+
+class TestEvidence:
+    """Collects what one test's processes did. One instance per test."""
+
+    __test__ = False  # not a test class, despite its name
+
+    def __init__(self, workdir: Path, nodeid: str) -> None:
+        self.nodeid = nodeid
+        self.workdir = workdir
+        self.log_dir = workdir / "logs"
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        self.processes: list[ManagedProcess] = []
+        self.transcripts: list[Path] = []
+        self.context: dict[str, Any] = {}
+        self.snapshots: list[Callable[[], tuple[str, Any]]] = []
+
+    def add_process(self, proc: ManagedProcess) -> None:
+        self.processes.append(proc)
+        with open(self.log_dir / "commands.txt", "a", encoding="utf-8") as f:
+            f.write(f"# {proc.name} (pid {proc.pid})\n{proc.command_line()}\n\n")
+
+    def transcript(self, label: str) -> Transcript:
+        path = self.log_dir / f"qmp-{label}.jsonl"
+        n = 1
+        while path in self.transcripts:
+            n += 1
+            path = self.log_dir / f"qmp-{label}-{n}.jsonl"
+        self.transcripts.append(path)
+        return Transcript(path, label)
+
+    def note(self, **facts: Any) -> None:
+        """Record facts (build, backend, options...) shown on failure and in JUnit."""
+        self.context.update(facts)
+
+    def add_snapshot(self, fn: Callable[[], tuple[str, Any]]) -> None:
+        """Register a callable taken on failure, e.g. a ``query-named-block-nodes`` dump."""
+        self.snapshots.append(fn)
+
+    # -- on failure ---------------------------------------------------------
+    def take_snapshots(self) -> None:
+        for fn in self.snapshots:
+            try:
+                name, data = fn()
+            except Exception as e:  # noqa: BLE001 - the process may be gone
+                name, data = "snapshot-error", repr(e)
+            with open(self.log_dir / f"{safe_name(name)}.json", "w", encoding="utf-8") as f:
+                json.dump(data, f, indent=1, default=str)
+
+    def excerpt(self, qmp_lines: int = 12, stderr_lines: int = 8) -> str:
+        """A short text for the pytest report: context, commands, stderr and QMP tails."""
+        out: list[str] = []
+        if self.context:
+            out.append("context: " + ", ".join(f"{k}={v}" for k, v in self.context.items()))
+        for proc in self.processes:
+            out.append(f"$ {proc.command_line()}")
+            out.append(f"  -> {proc.describe()}")
+            err = proc.stderr_text(4000).strip().splitlines()[-stderr_lines:]
+            out.extend(f"  stderr| {line}" for line in err)
+        for path in self.transcripts:
+            try:
+                lines = path.read_text(encoding="utf-8").splitlines()
+            except OSError:
+                continue
+            out.append(f"QMP {path.name} (last {min(qmp_lines, len(lines))} of {len(lines)}):")
+            for line in lines[-qmp_lines:]:
+                try:
+                    entry = json.loads(line)
+                    text = json.dumps(entry["msg"], separators=(",", ":"))
+                    out.append(f"  {entry['t']:9.4f} {entry['dir']} {text[:300]}")
+                except (ValueError, KeyError):
+                    out.append("  " + line[:300])
+        return "\n".join(out)
+
+    def keep(self, dest: Path) -> Path:
+        """Copy the logs to *dest* (replacing an older copy)."""
+        if dest.exists():
+            shutil.rmtree(dest, ignore_errors=True)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copytree(self.log_dir, dest, dirs_exist_ok=True)
+        return dest

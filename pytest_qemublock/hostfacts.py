@@ -1,0 +1,101 @@
+"""Host-side facts read through testinfra's ``host``.
+
+QMP cannot show everything: file-posix with ``auto-read-only=on`` reports
+``ro: false`` even when its file descriptor is ``O_RDONLY``. The kernel's view
+(``/proc/PID/fdinfo``, ``/proc/locks``, listening sockets, processes) is
+the ground truth, so the suites read it here.
+"""
+from __future__ import annotations
+
+import functools
+import os
+import shlex
+from dataclasses import dataclass
+from pathlib import Path
+
+import testinfra
+
+O_ACCMODE = 0o3
+_MODES = {os.O_RDONLY: "O_RDONLY", os.O_WRONLY: "O_WRONLY", os.O_RDWR: "O_RDWR"}
+
+# testinfra's local backend has no timeout of its own (anchors.md §2);
+# coreutils' timeout bounds every command it runs for us.
+_TIMEOUT = "timeout 20"
+
+
+@functools.lru_cache(maxsize=1)
+def local_host() -> testinfra.host.Host:
+    """The testinfra host for this machine."""
+    return testinfra.get_host("local://")
+
+
+@dataclass(frozen=True)
+class OpenFile:
+    fd: int
+    path: str
+    flags: int
+
+    @property
+    def mode(self) -> str:
+        return _MODES.get(self.flags & O_ACCMODE, f"mode{self.flags & O_ACCMODE}")
+
+    def __str__(self) -> str:
+        return f"fd{self.fd}:{self.mode}(flags=0{self.flags:o})"
+
+
+def open_files(pid: int, path: str | Path) -> list[OpenFile]:
+    """Descriptors of process *pid* that point at *path* (as that process sees it)."""
+    target = os.path.realpath(path) if os.path.exists(path) else str(path)
+    # One shell round trip for the whole fd table: readlink + flags per fd.
+    script = (
+        f"cd /proc/{pid}/fd 2>/dev/null || exit 3; for f in *; do "
+        f"l=$(readlink \"$f\") || continue; "
+        f"fl=$(sed -n 's/^flags:[[:space:]]*//p' ../fdinfo/$f 2>/dev/null) || continue; "
+        f"printf '%s\\t%s\\t%s\\n' \"$f\" \"$fl\" \"$l\"; done"
+    )
+    res = local_host().run(f"{_TIMEOUT} sh -c {shlex.quote(script)}")
+    if res.rc == 3:
+        raise ProcessLookupError(f"process {pid} is gone")
+    out = []
+    for line in res.stdout.splitlines():
+        fd, flags, link = line.split("\t", 2)
+        if link == target or link == str(path):
+            out.append(OpenFile(int(fd), link, int(flags, 8)))
+    return out
+
+
+def fd_modes(pid: int, path: str | Path) -> list[str]:
+    """Access modes (``O_RDONLY``/``O_RDWR``) of *pid*'s descriptors for *path*."""
+    return [f.mode for f in open_files(pid, path)]
+
+
+def locks_on(path: str | Path) -> list[str]:
+    """Lines of ``/proc/locks`` that lock *path*'s inode (QEMU's OFD image locks)."""
+    st = os.stat(path)
+    dev = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
+    content = local_host().file("/proc/locks").content_string
+    return [line for line in content.splitlines() if f" {dev} " in line]
+
+
+def listening(spec: str) -> bool:
+    """Whether a socket like ``tcp://127.0.0.1:10809`` or ``unix:///path`` listens."""
+    return local_host().socket(spec).is_listening
+
+
+def pid_alive(pid: int) -> bool:
+    """A process exists (and is not a zombie)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def processes_named(*names: str) -> list[str]:
+    """``pid comm args`` of live processes whose command is one of *names*."""
+    host = local_host()
+    out = []
+    for name in names:
+        for p in host.process.filter(comm=name[:15]):
+            out.append(f"{p.pid} {p.comm} {p.args}")
+    return out

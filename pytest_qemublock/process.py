@@ -1,0 +1,352 @@
+"""Starting and reliably stopping helper processes.
+
+Every process the plugin starts goes through :class:`ProcessRegistry.spawn`.
+Cleanup must not depend on the happy path (a crashed probe that leaves a
+``qemu-nbd`` holding an image lock is the classic harness bug), so there are
+four independent safety nets:
+
+1. the owning fixture stops its processes at teardown;
+2. the registry kills whatever is left at session end, at interpreter exit
+   and on SIGTERM;
+3. each child runs in its own process group and gets ``PR_SET_PDEATHSIG``, so
+   even a SIGKILLed pytest takes its QEMUs with it;
+4. a state file lists the live pids (with their start times) so the next run
+   can reap anything that survived an earlier, harder crash.
+"""
+from __future__ import annotations
+
+import atexit
+import ctypes
+import json
+import os
+import shlex
+import signal
+import subprocess
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Iterable, Mapping, Sequence
+
+from .errors import ProcessError
+
+_PR_SET_PDEATHSIG = 1
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def format_argv(argv: Sequence[str]) -> str:
+    """Render a command line so it can be pasted into a shell."""
+    return shlex.join(str(a) for a in argv)
+
+
+def describe_status(returncode: int | None) -> str:
+    """Human-readable exit status: ``exit status 1`` or ``killed by SIGSEGV``."""
+    if returncode is None:
+        return "still running"
+    if returncode < 0:
+        try:
+            return f"killed by {signal.Signals(-returncode).name}"
+        except ValueError:
+            return f"killed by signal {-returncode}"
+    return f"exit status {returncode}"
+
+
+def _child_setup() -> None:
+    # Runs in the child between fork and exec: a new process group, so that
+    # killpg() reaches wrappers' children, and a death signal so the child
+    # never outlives a SIGKILLed pytest.
+    os.setpgrp()
+    _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+
+
+def _start_time(pid: int) -> str | None:
+    """Process start time in clock ticks, to recognise pid reuse."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # Field 22; the command name (field 2) may contain spaces and parentheses.
+    return stat.rsplit(")", 1)[1].split()[19]
+
+
+@dataclass
+class ManagedProcess:
+    """A child process with its log files and command line kept for evidence."""
+
+    name: str
+    argv: list[str]
+    popen: subprocess.Popen
+    stdout_path: Path
+    stderr_path: Path
+    env_delta: dict[str, str] = field(default_factory=dict)
+    started: float = field(default_factory=time.monotonic)
+    stop_expected: bool = False
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    @property
+    def returncode(self) -> int | None:
+        return self.popen.poll()
+
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def wait(self, timeout: float) -> int:
+        """Wait for exit; raises :class:`ProcessError` after *timeout* seconds."""
+        try:
+            return self.popen.wait(timeout)
+        except subprocess.TimeoutExpired:
+            raise ProcessError(
+                f"{self.name} (pid {self.pid}) did not exit within {timeout:.1f}s: "
+                f"{format_argv(self.argv)}"
+            ) from None
+
+    def stop(self, timeout: float = 5.0) -> int:
+        """SIGTERM the process group, then SIGKILL it. Always reaps the child."""
+        self.stop_expected = True
+        if self.popen.poll() is None:
+            self._signal_group(signal.SIGTERM)
+            try:
+                self.popen.wait(timeout)
+            except subprocess.TimeoutExpired:
+                pass
+        # Kill the group even when the leader is gone: a wrapper (sh, nsenter)
+        # may have left children behind.
+        self._signal_group(signal.SIGKILL)
+        try:
+            return self.popen.wait(timeout)
+        except subprocess.TimeoutExpired:  # pragma: no cover - unkillable (D state)
+            raise ProcessError(f"{self.name} (pid {self.pid}) survived SIGKILL") from None
+
+    def kill(self) -> None:
+        self.stop_expected = True
+        self._signal_group(signal.SIGKILL)
+        try:
+            self.popen.wait(5)
+        except subprocess.TimeoutExpired:  # pragma: no cover
+            pass
+
+    def _signal_group(self, sig: int) -> None:
+        try:
+            os.killpg(self.pid, sig)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+    def stderr_text(self, limit: int = 20000) -> str:
+        return _tail(self.stderr_path, limit)
+
+    def stdout_text(self, limit: int = 20000) -> str:
+        return _tail(self.stdout_path, limit)
+
+    def describe(self) -> str:
+        return f"{self.name} (pid {self.pid}, {describe_status(self.returncode)})"
+
+    def command_line(self) -> str:
+        env = " ".join(f"{k}={shlex.quote(v)}" for k, v in self.env_delta.items())
+        return (env + " " if env else "") + format_argv(self.argv)
+
+
+def _tail(path: Path, limit: int) -> str:
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            size = f.tell()
+            f.seek(max(0, size - limit))
+            return f.read().decode("utf-8", "replace")
+    except OSError:
+        return ""
+
+
+class ProcessRegistry:
+    """Owns every child process of this pytest process (one per xdist worker)."""
+
+    def __init__(self, state_file: Path | None = None) -> None:
+        self._lock = threading.Lock()
+        self._procs: list[ManagedProcess] = []
+        self._state_file = state_file
+        self._counter = 0
+        self._installed = False
+
+    # -- lifecycle ---------------------------------------------------------
+    def install(self) -> None:
+        """Register the interpreter-exit and SIGTERM safety nets."""
+        if self._installed:
+            return
+        self._installed = True
+        atexit.register(self.kill_all)
+        if threading.current_thread() is threading.main_thread():
+            previous = signal.getsignal(signal.SIGTERM)
+
+            def on_sigterm(signum: int, frame: object) -> None:
+                self.kill_all()
+                if callable(previous):
+                    previous(signum, frame)
+                # Let pytest unwind like on Ctrl-C: teardowns and sessionfinish run.
+                raise KeyboardInterrupt("SIGTERM")
+
+            signal.signal(signal.SIGTERM, on_sigterm)
+
+    def spawn(
+        self,
+        argv: Sequence[str],
+        *,
+        name: str,
+        log_dir: Path,
+        env: Mapping[str, str] | None = None,
+        pass_fds: Iterable[int] = (),
+        cwd: Path | None = None,
+        stdin: int | IO[bytes] | None = subprocess.DEVNULL,
+    ) -> ManagedProcess:
+        """Start *argv*; stdout/stderr go to files in *log_dir* named after *name*.
+
+        *env* holds variables added to the current environment; they are
+        recorded so the evidence shows a reproducible command line.
+        """
+        argv = [str(a) for a in argv]
+        with self._lock:
+            self._counter += 1
+            seq = self._counter
+        log_dir.mkdir(parents=True, exist_ok=True)
+        stem = f"{seq:03d}-{name}"
+        out_path = log_dir / f"{stem}.stdout"
+        err_path = log_dir / f"{stem}.stderr"
+        env_delta = dict(env or {})
+        full_env = {**os.environ, **env_delta}
+        with open(out_path, "wb") as out, open(err_path, "wb") as err:
+            try:
+                popen = subprocess.Popen(
+                    argv,
+                    stdin=stdin,
+                    stdout=out,
+                    stderr=err,
+                    env=full_env,
+                    cwd=cwd,
+                    pass_fds=tuple(pass_fds),
+                    preexec_fn=_child_setup,
+                    close_fds=True,
+                )
+            except OSError as e:
+                raise ProcessError(f"cannot start {name}: {e.strerror}: {format_argv(argv)}") from None
+        proc = ManagedProcess(name, argv, popen, out_path, err_path, env_delta)
+        with self._lock:
+            self._procs.append(proc)
+        self._write_state()
+        return proc
+
+    def forget(self, proc: ManagedProcess) -> None:
+        with self._lock:
+            if proc in self._procs:
+                self._procs.remove(proc)
+        self._write_state()
+
+    def live(self) -> list[ManagedProcess]:
+        with self._lock:
+            return [p for p in self._procs if p.alive()]
+
+    def kill_all(self) -> list[ManagedProcess]:
+        """Kill every process still registered; returns those that were alive."""
+        with self._lock:
+            procs = list(self._procs)
+            self._procs.clear()
+        alive = [p for p in procs if p.alive()]
+        for p in procs:
+            p.kill()
+        self._write_state()
+        return alive
+
+    # -- crash recovery ------------------------------------------------------
+    def _write_state(self) -> None:
+        if self._state_file is None:
+            return
+        with self._lock:
+            entries = [
+                {"pid": p.pid, "start": _start_time(p.pid), "name": p.name}
+                for p in self._procs
+                if p.popen.returncode is None
+            ]
+        tmp = self._state_file.with_suffix(".tmp")
+        try:
+            tmp.write_text(json.dumps({"owner": os.getpid(), "procs": entries}))
+            tmp.replace(self._state_file)
+        except OSError:
+            pass
+
+
+def reap_stale(state_dir: Path) -> list[str]:
+    """Kill processes recorded by earlier runs whose owner is gone.
+
+    Only a pid whose start time still matches the recorded one is killed, so a
+    reused pid is never hit. Returns a description of each process killed.
+    """
+    killed: list[str] = []
+    if not state_dir.is_dir():
+        return killed
+    for path in state_dir.glob("*.procs.json"):
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        owner = data.get("owner")
+        if owner and _start_time(int(owner)) is not None and owner != os.getpid():
+            continue  # that run is still alive (another concurrent session)
+        for entry in data.get("procs", []):
+            pid = int(entry["pid"])
+            if entry.get("start") and _start_time(pid) == entry["start"]:
+                try:
+                    os.killpg(pid, signal.SIGKILL)
+                except OSError:
+                    try:
+                        os.kill(pid, signal.SIGKILL)
+                    except OSError:
+                        continue
+                killed.append(f"{entry.get('name')} (pid {pid})")
+        path.unlink(missing_ok=True)
+    return killed
+
+
+def run(
+    argv: Sequence[str],
+    *,
+    timeout: float,
+    env: Mapping[str, str] | None = None,
+    check: bool = False,
+    input: bytes | None = None,
+) -> subprocess.CompletedProcess[str]:
+    """Run a short-lived tool (qemu-img, qemu-io, mount...) with a hard timeout.
+
+    The child gets the same death signal as long-running ones; on timeout its
+    whole process group is killed.
+    """
+    argv = [str(a) for a in argv]
+    full_env = {**os.environ, **(env or {})}
+    try:
+        proc = subprocess.Popen(
+            argv,
+            stdin=subprocess.PIPE if input is not None else subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=full_env,
+            preexec_fn=_child_setup,
+        )
+    except OSError as e:
+        raise ProcessError(f"cannot run {format_argv(argv)}: {e.strerror}") from None
+    try:
+        out, err = proc.communicate(input, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except OSError:
+            pass
+        proc.communicate()
+        raise ProcessError(f"timed out after {timeout:.1f}s: {format_argv(argv)}") from None
+    result = subprocess.CompletedProcess(
+        argv, proc.returncode, out.decode("utf-8", "replace"), err.decode("utf-8", "replace")
+    )
+    if check and result.returncode != 0:
+        raise ProcessError(
+            f"{format_argv(argv)} failed ({describe_status(result.returncode)}):\n"
+            f"{result.stderr.strip() or result.stdout.strip()}"
+        )
+    return result

@@ -1,0 +1,133 @@
+"""Session-wide state: builds, probes, the process registry and directories.
+
+One :class:`QemuBlockSession` lives in ``config.stash`` per pytest process
+(each xdist worker has its own). Everything expensive is lazy, so a pytest run
+that never touches QEMU (``--help``, the project's unrelated tests) costs
+nothing and needs no QEMU installed.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from .build import QemuBuild, resolve_builds, resolve_default_build
+from .errors import BuildError
+from .machine import Timeouts
+from .probe import Capabilities, load_capabilities
+from .process import ProcessRegistry, reap_stale
+
+# AF_UNIX paths are limited to 108 bytes; leave room for socket names.
+MAX_SOCKET_DIR = 80
+
+
+@dataclass
+class Settings:
+    """Options after parsing; see ``plugin.pytest_addoption`` for their help."""
+
+    build_specs: list[str]
+    default_build: Callable[[], QemuBuild]
+    timeout_factor: float
+    basetemp: str | None
+    evidence_dir: Path
+    retention: str
+    cache_dir: Path
+    worker_id: str
+    keep_workdirs: bool = False
+
+
+class QemuBlockSession:
+    """What every fixture of one pytest process shares."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.timeouts = Timeouts.scaled(settings.timeout_factor)
+        self._builds: list[QemuBuild] | None = None
+        self._build_error: BuildError | None = None
+        self._caps: dict[str, Capabilities] = {}
+        self._root: Path | None = None
+        self._sockdir: Path | None = None
+        self._test_counter = 0
+        state_dir = Path(tempfile.gettempdir()) / f"qemublock-{os.getuid()}-procs"
+        state_dir.mkdir(mode=0o700, exist_ok=True)
+        self.reaped = reap_stale(state_dir)
+        self.registry = ProcessRegistry(state_dir / f"{os.getpid()}.procs.json")
+        self.registry.install()
+
+    # -- builds -----------------------------------------------------------------
+    @property
+    def builds(self) -> list[QemuBuild]:
+        """All builds under test; raises :class:`BuildError` (cached) if unusable."""
+        if self._build_error is not None:
+            raise self._build_error
+        if self._builds is None:
+            try:
+                self._builds = resolve_builds(self.settings.build_specs, self.settings.default_build)
+            except BuildError as e:
+                self._build_error = e
+                raise
+        return self._builds
+
+    def build(self, name: str) -> QemuBuild:
+        for b in self.builds:
+            if b.name == name:
+                return b
+        raise BuildError(f"no build named {name!r}")
+
+    def capabilities(self, build: QemuBuild) -> Capabilities:
+        if build.name not in self._caps:
+            from .probing import probe_build
+
+            self._caps[build.name] = load_capabilities(
+                build, self.settings.cache_dir,
+                lambda b: probe_build(b, self.registry, self.root / "probe", self.timeouts))
+        return self._caps[build.name]
+
+    # -- directories --------------------------------------------------------------
+    @property
+    def root(self) -> Path:
+        """This process's run directory; QEMU-visible files live below it.
+
+        Mode 0711: an unprivileged QEMU (EACCES storage) must traverse it,
+        but nobody may list it.
+        """
+        if self._root is None:
+            base = self.settings.basetemp
+            if base:
+                Path(base).mkdir(parents=True, exist_ok=True)
+            prefix = f"qb-{self.settings.worker_id}-"
+            self._root = Path(tempfile.mkdtemp(prefix=prefix, dir=base or None))
+            os.chmod(self._root, 0o711)
+        return self._root
+
+    @property
+    def sockdir(self) -> Path:
+        """A short, private (0700) directory for unix sockets."""
+        if self._sockdir is None:
+            candidate = self.root / "s"
+            if len(str(candidate)) > MAX_SOCKET_DIR:
+                candidate = Path(tempfile.mkdtemp(prefix="qbs-", dir="/tmp"))
+            candidate.mkdir(mode=0o700, exist_ok=True)
+            os.chmod(candidate, 0o700)
+            self._sockdir = candidate
+        return self._sockdir
+
+    def new_workdir(self, label: str) -> Path:
+        self._test_counter += 1
+        d = self.root / f"t{self._test_counter:04d}"
+        d.mkdir(mode=0o755)
+        (d / "label").write_text(label + "\n")
+        return d
+
+    # -- teardown -------------------------------------------------------------------
+    def close(self) -> list[str]:
+        """Kill leftovers and remove the run directory; returns what was leaked."""
+        leaked = [p.describe() for p in self.registry.kill_all()]
+        if self._root is not None and not self.settings.keep_workdirs:
+            shutil.rmtree(self._root, ignore_errors=True)
+        if self._sockdir is not None and not str(self._sockdir).startswith(str(self._root)):
+            shutil.rmtree(self._sockdir, ignore_errors=True)
+        return leaked

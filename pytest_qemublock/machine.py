@@ -9,7 +9,9 @@ stderr.
 """
 from __future__ import annotations
 
+import contextlib
 import socket
+import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -99,10 +101,16 @@ class QemuInstance:
         try:
             return fn(*args, **kw)
         except (ConnectionError, EOFError, OSError, QmpTimeout) as e:
+            if not isinstance(e, QmpTimeout):
+                # QMP hangs up a moment before the exit status can be collected
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    self.proc.popen.wait(2.0)
             if not self.proc.alive():
                 raise ProcessError(
                     f"{self.name} died: {describe_status(self.proc.returncode)} (during {args[0]!s})\n"
                     f"  stderr: {self.proc.stderr_text(4000).strip()}") from None
+            if isinstance(e, QmpTimeout):
+                raise  # QEMU is alive and just did not answer: a timeout, as documented
             raise ProcessError(f"{self.name}: QMP failed during {args[0]!s}: {e}") from None
 
     # -- convenience --------------------------------------------------------------

@@ -3,20 +3,25 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
 import pytest
 
 from . import build as build_mod
+from . import matrix
 from .errors import BuildError
 from .evidence import RETENTION, TestEvidence, safe_name
 from .factory import QemuFactory
 from .images import ImageFactory, Tools
 from .session import QemuBlockSession, Settings
 
+if TYPE_CHECKING:
+    from .backends import Provisioner
+
 SESSION_KEY = pytest.StashKey[QemuBlockSession]()
 EVIDENCE_KEY = pytest.StashKey[TestEvidence]()
 FAILED_KEY = pytest.StashKey[bool]()
+WORKDIR_KEY = pytest.StashKey[Path]()  # removed once the teardown report is made
 
 MARKERS = {
     "qemu_requires(command=None, feature=None, driver=None, binary=None, accel=None)":
@@ -54,6 +59,13 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                          "per pytest process); spaces and commas are fine")
     group.addoption("--qb-keep-workdirs", action="store_true",
                     help="do not delete images and work files at the end of the run")
+    group.addoption("--backend", action="append", metavar="GLOB[,GLOB]",
+                    help="run only these backends, e.g. 'file', 'nbd-*', 'file-erofs' "
+                         "(repeatable; see --qb-list-backends)")
+    group.addoption("--format", action="append", metavar="FMT[,FMT]",
+                    help="run only these image formats (raw, qcow2, chain, proto)")
+    group.addoption("--interface", action="append", metavar="IFACE[,IFACE]",
+                    help="run only these interfaces (blockdev, drive, qmp, qsd)")
     parser.addini("qemublock", "validate the QEMU build(s) at start-up (true in projects "
                                "whose tests need QEMU)", type="bool", default=False)
 
@@ -61,6 +73,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 def pytest_configure(config: pytest.Config) -> None:
     for marker, text in MARKERS.items():
         config.addinivalue_line("markers", f"{marker}: {text}")
+    for name, text in matrix.iter_scenarios():
+        config.addinivalue_line("markers", f"{name}: scenario: {text}")
     opt = config.getoption
     worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
     factor = opt("--qb-timeout-factor") or float(config.getini("qb_timeout_factor") or 1.0)
@@ -78,7 +92,9 @@ def pytest_configure(config: pytest.Config) -> None:
         basetemp=opt("--qb-basetemp"),
         evidence_dir=evidence_dir,
         retention=opt("--qb-evidence"),
-        cache_dir=Path(config.cache.mkdir("qemublock")) if config.cache else evidence_dir / ".cache",
+        # -p no:cacheprovider leaves no config.cache attribute at all
+        cache_dir=(Path(config.cache.mkdir("qemublock")) if getattr(config, "cache", None)
+                   else evidence_dir / ".cache"),
         worker_id=worker.replace("gw", "w"),
         keep_workdirs=opt("--qb-keep-workdirs"),
     )
@@ -137,6 +153,10 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         metafunc.parametrize("qemu_build", names, indirect=True, ids=names, scope="function")
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    matrix.annotate_and_select(config, items)
+
+
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[Any]:
     rep = yield
@@ -151,6 +171,14 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
             if session.settings.retention != "none":
                 text += f"\nfull evidence: {dest}"
             rep.sections.append(("qemublock evidence", text))
+    if call.when == "teardown":
+        # Only now: a teardown failure (QEMU found dead at shutdown) still
+        # needs the logs for its snapshot and excerpt above.
+        workdir = item.stash.get(WORKDIR_KEY, None)
+        if workdir is not None:
+            import shutil
+
+            shutil.rmtree(workdir, ignore_errors=True)
     return rep
 
 
@@ -209,20 +237,20 @@ def qb_evidence(request: pytest.FixtureRequest, qb_session: QemuBlockSession) ->
     if settings.retention == "all" or (failed and settings.retention == "failed"):
         evidence.keep(settings.evidence_dir / safe_name(request.node.nodeid))
     if not settings.keep_workdirs:
-        import shutil
-
-        shutil.rmtree(workdir, ignore_errors=True)
+        request.node.stash[WORKDIR_KEY] = workdir
 
 
 @pytest.fixture
-def qemu(qemu_build: build_mod.QemuBuild, qemu_caps, qb_session: QemuBlockSession,  # type: ignore[no-untyped-def]
-         qb_evidence: TestEvidence) -> Iterator[QemuFactory]:
+def qemu(request: pytest.FixtureRequest, qemu_build: build_mod.QemuBuild, qemu_caps,  # type: ignore[no-untyped-def]
+         qb_session: QemuBlockSession, qb_evidence: TestEvidence) -> Iterator[QemuFactory]:
     """Start QEMUs (``qemu.start(...)``, ``qemu.start_qsd(...)``); stopped at teardown."""
     qb_evidence.note(build=f"{qemu_build.name} ({qemu_build.version_str})")
     factory = QemuFactory(qemu_build, qemu_caps, qb_session.registry, qb_evidence, qb_session.timeouts)
     yield factory
     problems = factory.shutdown_all()
     if problems:
+        # qb_evidence tears down after us: make it keep this test's evidence
+        request.node.stash[FAILED_KEY] = True
         pytest.fail("\n".join(problems), pytrace=False)
 
 
@@ -239,3 +267,19 @@ def images(qemu_tools: Tools, qb_evidence: TestEvidence) -> ImageFactory:
     d = qb_evidence.workdir / "img"
     d.mkdir(exist_ok=True)
     return ImageFactory(qemu_tools, d)
+
+
+@pytest.fixture
+def targets(qemu_build: build_mod.QemuBuild, qemu_caps, qb_session: QemuBlockSession,  # type: ignore[no-untyped-def]
+            qb_evidence: TestEvidence, qemu_tools: Tools) -> Iterator["Provisioner"]:
+    """Provide protocol nodes: ``targets.target(backend, storage, recipe)``; servers stopped after."""
+    from .backends import new_provisioner
+    from .servers.base import ServerContext
+
+    ctx = ServerContext(qemu_build, qb_session.registry, qb_evidence, qb_session.timeouts,
+                        qb_session.sockdir)
+    prov = new_provisioner(qemu_build, qemu_caps.accel, qemu_tools, ctx)
+    yield prov
+    problems = prov.close()
+    if problems:
+        pytest.fail("cleanup failed: " + "; ".join(problems), pytrace=False)

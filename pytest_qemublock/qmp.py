@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-from qemu.qmp import ConnectError, ExecuteError, QMPClient
+from qemu.qmp import ConnectError, ExecInterruptedError, ExecuteError, QMPClient, StateError
 from qemu.qmp.protocol import Runstate
 
 from .errors import QmpCommandError, QmpTimeout
@@ -138,9 +138,20 @@ class QmpSession:
             self.transcript.record("<", {"error": {"class": err.error_class, "desc": err.desc}})
             self._drain_events()
             return err
+        except (ExecInterruptedError, StateError) as e:
+            # QEMU hung up (it died): a plain ConnectionError, not qemu.qmp's own
+            # class, so that QemuInstance can report the exit status instead.
+            self.transcript.record("!", {"disconnected": command, "error": str(e)})
+            raise ConnectionError(f"{self.name}: QMP connection lost during {command}: {e}") from None
         self.transcript.record("<", {"return": ret})
         self._drain_events()
         return ret
+
+    def pass_fd(self, fd: int, fdname: str, timeout: float | None = None) -> None:
+        """Hand *fd* to QEMU (SCM_RIGHTS) and name it *fdname* with ``getfd``."""
+        self._client.send_fd_scm(fd)
+        self.transcript.record(">", {"scm_rights": fdname})
+        self.execute("getfd", {"fdname": fdname}, timeout)
 
     # -- events ------------------------------------------------------------------
     def wait_event(self, name: str, match: Callable[[dict[str, Any]], bool] | Mapping[str, Any] | None = None,

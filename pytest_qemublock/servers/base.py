@@ -1,0 +1,116 @@
+"""What all servers share: listening sockets handed over pre-bound, and the context."""
+from __future__ import annotations
+
+import itertools
+import os
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..build import QemuBuild
+from ..evidence import TestEvidence
+from ..machine import Timeouts
+from ..process import ManagedProcess, ProcessRegistry
+
+_counter = itertools.count(1)
+
+
+@dataclass
+class ServerContext:
+    """Everything a server needs from the session and the test."""
+
+    build: QemuBuild
+    registry: ProcessRegistry
+    evidence: TestEvidence
+    timeouts: Timeouts
+    sockdir: Path
+
+
+class Listener:
+    """A listening socket created here and inherited by the server.
+
+    Binding before the server starts means no port probing (no race between
+    xdist workers) and no "is it listening yet" polling: the kernel queues
+    connections until the server accepts them.
+    """
+
+    def __init__(self, transport: str, sockdir: Path, label: str) -> None:
+        self.transport = transport
+        if transport == "unix":
+            self.path: Path | None = sockdir / f"{label}{os.getpid() % 1000}-{next(_counter)}.sock"
+            self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            self.sock.bind(str(self.path))
+            self.port = 0
+        elif transport == "tcp":
+            self.path = None
+            self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            self.sock.bind(("127.0.0.1", 0))
+            self.port = self.sock.getsockname()[1]
+        else:
+            raise ValueError(f"unknown transport {transport!r}")
+        self.sock.listen(16)
+        self.sock.set_inheritable(True)
+
+    @property
+    def fd(self) -> int:
+        return self.sock.fileno()
+
+    def qapi_address(self) -> dict[str, Any]:
+        """The address as QEMU's ``SocketAddress`` (for ``"server": ...``)."""
+        if self.transport == "unix":
+            return {"type": "unix", "path": str(self.path)}
+        return {"type": "inet", "host": "127.0.0.1", "port": str(self.port)}
+
+    def connect(self, timeout: float) -> socket.socket:
+        if self.transport == "unix":
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            target: Any = str(self.path)
+        else:
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            target = ("127.0.0.1", self.port)
+        s.settimeout(timeout)
+        s.connect(target)
+        return s
+
+    def close(self) -> None:
+        self.sock.close()
+        if self.path is not None:
+            self.path.unlink(missing_ok=True)
+
+    def __str__(self) -> str:
+        return f"unix:{self.path}" if self.transport == "unix" else f"tcp:127.0.0.1:{self.port}"
+
+
+def socket_activation(argv: list[str], fd: int) -> list[str]:
+    """Wrap *argv* for systemd-style socket activation (the socket on fd 3).
+
+    ``LISTEN_PID`` must be the server's own pid, unknown before fork; a tiny
+    shell moves the fd and sets it, then execs the server in place.
+    """
+    script = f'exec 3<&{fd} {fd}<&-; LISTEN_PID=$$ LISTEN_FDS=1 exec "$@"'
+    return ["sh", "-c", script, "sh", *argv]
+
+
+class Server:
+    """A running server process and how to reach it."""
+
+    kind = "server"
+
+    def __init__(self, proc: ManagedProcess, registry: ProcessRegistry, listener: Listener | None,
+                 readonly: bool) -> None:
+        self.proc = proc
+        self.registry = registry
+        self.listener = listener
+        self.readonly = readonly
+
+    def stop(self) -> None:
+        try:
+            self.proc.stop()
+        finally:
+            self.registry.forget(self.proc)
+            if self.listener is not None:
+                self.listener.close()
+
+    def describe(self) -> str:
+        return f"{self.kind} {'read-only' if self.readonly else 'writable'} on {self.listener}"

@@ -9,6 +9,7 @@ import pytest
 
 from . import build as build_mod
 from . import matrix
+from . import report
 from .errors import BuildError
 from .evidence import RETENTION, TestEvidence, safe_name
 from .factory import QemuFactory
@@ -66,6 +67,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="run only these image formats (raw, qcow2, chain, proto)")
     group.addoption("--interface", action="append", metavar="IFACE[,IFACE]",
                     help="run only these interfaces (blockdev, drive, qmp, qsd)")
+    report.addoption(group)
     parser.addini("qemublock", "validate the QEMU build(s) at start-up (true in projects "
                                "whose tests need QEMU)", type="bool", default=False)
 
@@ -102,6 +104,7 @@ def pytest_configure(config: pytest.Config) -> None:
         return
     session = QemuBlockSession(settings)
     config.stash[SESSION_KEY] = session
+    config.pluginmanager.register(report.MatrixReport(config), "qemublock-report")
     if worker == "main" and settings.retention != "none" and evidence_dir.is_dir():
         _empty(evidence_dir)
     if _wanted(config):

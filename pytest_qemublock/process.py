@@ -16,6 +16,7 @@ four independent safety nets:
 from __future__ import annotations
 
 import atexit
+import contextlib
 import ctypes
 import json
 import os
@@ -67,6 +68,15 @@ def _start_time(pid: int) -> str | None:
         return None
     # Field 22; the command name (field 2) may contain spaces and parentheses.
     return stat.rsplit(")", 1)[1].split()[19]
+
+
+def _running(pid: int) -> bool:
+    """The process exists and is not a zombie (dead, waiting to be reaped)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
 @dataclass
@@ -289,11 +299,18 @@ def reap_stale(state_dir: Path) -> list[str]:
         except (OSError, ValueError):
             continue
         owner = data.get("owner")
-        if owner and _start_time(int(owner)) is not None and owner != os.getpid():
+        if owner and _running(int(owner)) and owner != os.getpid():
             continue  # that run is still alive (another concurrent session)
         for entry in data.get("procs", []):
             pid = int(entry["pid"])
             if entry.get("start") and _start_time(pid) == entry["start"]:
+                if not _running(pid):
+                    # Already dead (PR_SET_PDEATHSIG did its job), just not
+                    # reaped by its new parent: nothing to report. Its group
+                    # may still hold a wrapper's children.
+                    with contextlib.suppress(OSError):
+                        os.killpg(pid, signal.SIGKILL)
+                    continue
                 try:
                     os.killpg(pid, signal.SIGKILL)
                 except OSError:

@@ -89,7 +89,8 @@ def socket_activation(argv: list[str], fd: int) -> list[str]:
     shell moves the fd and sets it, then execs the server in place.
     """
     script = f'exec 3<&{fd} {fd}<&-; LISTEN_PID=$$ LISTEN_FDS=1 exec "$@"'
-    return ["sh", "-c", script, "sh", *argv]
+    # bash, not dash: dash cannot redirect file descriptors above 9
+    return ["bash", "-c", script, "bash", *argv]
 
 
 class Server:

@@ -1,0 +1,69 @@
+"""Expectations of the open scenario (suites/test_open.py)."""
+from __future__ import annotations
+
+from ..backends import Target
+from ..matrix import Case
+from ..probe import Capabilities
+from . import NBD_RO_EXPORT, NODE_IS_READ_ONLY, O_RDONLY, O_RDWR, Expect, dynamic, open_failed
+
+
+def effective_aro(case: Case) -> bool:
+    """``-drive`` turns auto-read-only on by default (blockdev.c blockdev_init);
+    ``-blockdev``, ``blockdev-add`` and qsd default it off (block.c)."""
+    if case.aro is not None:
+        return case.aro
+    return case.interface == "drive"
+
+
+def expect_open(case: Case, target: Target, caps: Capabilities) -> Expect:
+    """Opening *target* with the case's read-only/auto-read-only options.
+
+    Node ``n0`` carries the options; with a format (``case.fmt`` not proto)
+    ``n0`` is the format node and ``p0`` its inline protocol child, which
+    inherits both options (block.c bdrv_inherited_options).
+    """
+    ro, aro = bool(case.ro), effective_aro(case)
+    file = target.driver == "file"
+    fmt = case.fmt not in (None, "proto")
+    opts = f"read-only={'on' if ro else 'off'}, auto-read-only={'on' if aro else 'off'}"
+
+    if ro:
+        nodes = {"n0": True, **({"p0": True} if fmt else {})}
+        return Expect(True, ro=nodes, fd=O_RDONLY if file else None,
+                      because=f"{opts}: read-only=on opens read-only on any storage")
+
+    if not target.readonly:
+        if fmt:
+            # A read-write qcow2 takes WRITE on its file at once, so even a
+            # dynamic file child switches to O_RDWR (behaviour.md §1.2).
+            return Expect(True, ro={"n0": False, "p0": False}, fd=O_RDWR if file else None,
+                          because=f"{opts}: writable storage; the format node wants to write")
+        if file:
+            ro_fd = O_RDONLY if aro and dynamic(caps) else O_RDWR
+            return Expect(True, ro={"n0": False}, fd=ro_fd,
+                          because=f"{opts}: writable storage; file-posix "
+                                  + ("opens O_RDONLY until a writer attaches (dynamic auto-read-only)"
+                                     if ro_fd == O_RDONLY else "opens O_RDWR"))
+        return Expect(True, ro={"n0": False}, because=f"{opts}: writable export")
+
+    # Read-only storage, read-write requested.
+    if not aro:
+        err = open_failed(target) if file else NBD_RO_EXPORT
+        return Expect(False, error=err, because=f"{opts}: storage refuses writes, no auto-read-only")
+    if fmt:
+        if file:
+            return Expect(False, error=open_failed(target),
+                          because=f"{opts}: auto-read-only cannot help a read-write format node: "
+                                  "it needs WRITE on its file, which the storage refuses (§1.2)")
+        return Expect(False, error=NODE_IS_READ_ONLY,
+                      because=f"{opts}: the nbd child degrades to ro=true, the read-write format "
+                              "node on top cannot get WRITE (block.c bdrv_node_refresh_perm)")
+    if file:
+        if dynamic(caps):
+            return Expect(True, ro={"n0": False}, fd=O_RDONLY,
+                          because=f"{opts}: degrades silently; dynamic file-posix keeps ro=false "
+                                  "with an O_RDONLY fd (file-posix.c raw_open_common)")
+        return Expect(True, ro={"n0": True}, fd=O_RDONLY,
+                      because=f"{opts}: degrades to ro=true (pre-4.0 file-posix)")
+    return Expect(True, ro={"n0": True},
+                  because=f"{opts}: degrades; the nbd node shows ro=true (bdrv_apply_auto_read_only)")

@@ -1,0 +1,43 @@
+"""Open: read-only x auto-read-only x storage x interface, on every backend.
+
+QEMU's iotest 232 covers 36 of these cases for the file protocol only and
+refuses to run as root; this suite runs them all, as root, on every backend,
+for a bare protocol node (``proto``) and for a qcow2 node over it.
+"""
+import pytest
+
+from pytest_qemublock import expectations, matrix, observe
+
+pytestmark = pytest.mark.open
+
+CASES = matrix.cases(
+    backend_storage=matrix.backend_storages(),
+    fmt=["proto", "qcow2"],
+    interface=matrix.INTERFACES,
+    ro=matrix.TRISTATE,
+    aro=matrix.TRISTATE,
+)
+
+
+def node_options(case, target):
+    """n0 carries the case's options; a format node gets an inline protocol child p0."""
+    if case.fmt == "proto":
+        return target.node("n0", **case.options())
+    return {"driver": case.fmt, "node-name": "n0", **case.options(), "file": target.node("p0")}
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_open(case, targets, qemu, qemu_build, qemu_caps, qb_evidence):
+    target = targets.target(case.backend, case.storage, "raw" if case.fmt == "proto" else case.fmt)
+    opts = node_options(case, target)
+    qb_evidence.note(case=case.describe(), options=opts)
+    expected = expectations.expect_open(case, target, qemu_caps)
+
+    observed = observe.open_node(qemu, case.interface, opts, target)
+
+    observe.check(expected, observed, what=f"open {case.id}", build=qemu_build.name)
+    if target.readonly:
+        problems = qemu.shutdown_all()
+        assert not problems, problems
+        assert target.image.unchanged(), (
+            f"open {case.id}: read-only storage, yet {target.image.path} changed")

@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# Set up everything pytest-qemublock needs on a fresh Debian 12 machine (as root).
+#
+#   bash scripts/setup.sh            apt packages, .venv with the plugin installed
+#   bash scripts/setup.sh --qemu-10  also fetch QEMU 10.0 (bookworm-backports) into
+#                                    ~/.cache/pytest-qemublock/qemu-10.0, not installed
+#
+# Idempotent: a second run only checks. Nothing is started; fixtures start and
+# stop every server themselves.
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+
+# QEMU under test and its tools, the protocol servers the backends use, and the
+# host tools the storage providers need (unshare/nsenter/setpriv, mount, ss, ps).
+APT_PACKAGES=(
+    qemu-system-x86 qemu-utils qemu-block-extra
+    nbdkit nginx-light openssh-server openssh-client openssh-sftp-server tgt
+    util-linux mount iproute2 procps python3-venv
+)
+
+want_qemu10=0
+for arg in "$@"; do
+    case $arg in
+        --qemu-10) want_qemu10=1 ;;
+        *) echo "setup.sh: unknown argument $arg" >&2; exit 2 ;;
+    esac
+done
+
+if [[ $(id -u) -ne 0 ]]; then
+    echo "setup.sh: run as root (it installs Debian packages)" >&2
+    exit 1
+fi
+
+missing=()
+for p in "${APT_PACKAGES[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+    echo "setup.sh: installing ${missing[*]}" >&2
+    apt-get update -q >&2
+    # Servers are run by the fixtures, never as system services.
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}" >&2
+fi
+
+python=${PYTHON:-python3}
+if [[ ! -x .venv/bin/python ]]; then
+    "$python" -m venv .venv
+fi
+if ! .venv/bin/python -c 'import pytest_qemublock, xdist, qemu.qmp, testinfra' 2>/dev/null; then
+    .venv/bin/pip install -q --disable-pip-version-check -e . >&2
+fi
+
+if ((want_qemu10)); then
+    scripts/fetch-qemu-build.sh >&2
+fi
+echo "setup.sh: ready (.venv/bin/pytest)" >&2

@@ -106,7 +106,10 @@ class ImageFactory:
         path = self.directory / name
         args: list[str | Path] = ["create", "-q", "-f", fmt]
         if backing is not None:
-            args += ["-b", backing.path, "-F", backing.fmt]
+            # Relative when possible: the chain then resolves through whichever
+            # view QEMU opens the top with (e.g. the read-only bind mount).
+            rel = backing.path.name if backing.path.parent == path.parent else backing.path
+            args += ["-b", rel, "-F", backing.fmt]
         args += [path, size]
         self.tools.img(*args)
         img = Image(path, fmt, size, backing, list(patterns or []))

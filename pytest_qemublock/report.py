@@ -19,6 +19,7 @@ import json
 import math
 import os
 import re
+import shlex
 import sys
 import time
 from collections import Counter
@@ -48,7 +49,7 @@ _ELLIPSIS, _ASCII_ELLIPSIS = "…", "~"
 # Programs that only wrap the real one (storage providers use some of them).
 _WRAPPERS = {"env", "nsenter", "setpriv", "unshare", "sudo", "timeout", "nice", "ionice",
              "chroot", "capsh", "runuser", "su", "stdbuf", "taskset", "setsid", "strace",
-             "valgrind", "fakeroot"}
+             "valgrind", "fakeroot", "exec", "command"}
 
 
 def addoption(group: Any) -> None:
@@ -90,16 +91,34 @@ def program_name(executable: Any, args: Any) -> str:
         argv = [os.fsdecode(a) for a in (args or [])]
     if executable is not None and not argv:
         argv = [os.fsdecode(executable)]
-    names = [os.path.basename(a) for a in argv]
-    for name in names:
-        if name.startswith("qemu") or name.startswith("nbdkit"):
-            return name
-    first = names[0] if names else "?"
+    return _unwrap(argv)
+
+
+def _unwrap(argv: list[str], depth: int = 0) -> str:
+    if not argv or not argv[0].strip():
+        return "?"
+    first = os.path.basename(argv[0].split()[0])
+    if depth > 4 or len(argv) < 2:
+        return first
+    if first in ("sh", "bash", "dash") and argv[1] == "-c" and len(argv) > 2:
+        # sh -c 'PROGRAM ...': name PROGRAM if it is a QEMU (or a wrapper of one)
+        try:
+            words = shlex.split(argv[2])
+        except ValueError:
+            words = argv[2].split()
+        inner = _unwrap(words, depth + 1) if words else first
+        return inner if inner.startswith(("qemu", "nbdkit")) else first
     if first in _WRAPPERS:
-        # The wrapped program is the first argument that is not an option.
-        for name, arg in zip(names[1:], argv[1:]):
-            if not arg.startswith("-") and "=" not in arg and not arg.isdigit():
-                return name
+        if "--" in argv:  # nsenter -t PID -m -- PROGRAM ...
+            return _unwrap(argv[argv.index("--") + 1:], depth + 1)
+        # Otherwise a QEMU among the plain arguments, else the first plain argument.
+        plain = [a for a in argv[1:] if a and not a.startswith("-") and "=" not in a
+                 and "," not in a and not a.isdigit()]
+        for a in plain:
+            if os.path.basename(a).startswith(("qemu", "nbdkit")):
+                return os.path.basename(a)
+        if plain:
+            return _unwrap(argv[argv.index(plain[0]):], depth + 1)
     return first
 
 
@@ -430,12 +449,14 @@ class MatrixReport:
 
     def results(self) -> dict[str, Any]:
         order = self.build_order()
-        strip = order if len(order) > 1 else []
+        case_builds = {nodeid: self.case_build(case) for nodeid, case in self.cases.items()}
+        # The build is part of the test id only when several builds ran.
+        several = len(order) > 1 or len(set(case_builds.values()) - {MISSING}) > 1
         tests = {}
         for nodeid, case in self.cases.items():
             d = case.to_json()
-            d["build"] = self.case_build(case)
-            d["case"] = strip_build(nodeid, [d["build"], *strip]) if strip else nodeid
+            d["build"] = case_builds[nodeid]
+            d["case"] = strip_build(nodeid, [d["build"], *order]) if several else nodeid
             tests[nodeid] = d
         totals = Counter(t["outcome"] for t in tests.values())
         procs: Counter[str] = Counter()
@@ -473,9 +494,10 @@ class MatrixReport:
         if self.show_summary and self.qb_cases():
             unicode = _can_encode(tr, _SYMBOLS["passed"] + _EMPTY + _ELLIPSIS + "×")
             builds = self._ordered_builds()
-            tr.write_sep("-", "qemublock matrix")
-            for line in render_matrix(self.matrix(), builds, self.builds,
-                                      width=max(60, tr._tw.fullwidth), unicode=unicode):
+            title, lines = render_matrix(self.matrix(), builds, self.builds,
+                                         width=max(60, tr._tw.fullwidth), unicode=unicode)
+            tr.write_sep("-", title)
+            for line in lines:
                 for text, style in line:
                     tr.write(text, **style)
                 tr.write("\n")
@@ -497,8 +519,9 @@ class MatrixReport:
         for c in self.qb_cases():
             b = self.case_build(c)
             by_case.setdefault(strip_build(c.nodeid, [b]), {})[b] = c.outcome or "error"
-        differ = sorted(k for k, v in by_case.items()
-                        if len(v) > 1 and len(set(v.values())) > 1)
+        # Cases that fail on some build first, then the rest (skips, xfails...).
+        differ = sorted((k for k, v in by_case.items() if len(v) > 1 and len(set(v.values())) > 1),
+                        key=lambda k: (not set(by_case[k].values()) & set(FAILING), k))
         if not differ:
             return [f"same outcome on all {len(builds)} builds for every case"]
         lines = [f"outcome differs between builds for {len(differ)} case(s):"]
@@ -507,9 +530,9 @@ class MatrixReport:
             lines.append(f"  {k}: " + ", ".join(f"{b} {v[b]}" for b in builds if b in v))
         if len(differ) > 8:
             lines.append(f"  ... and {len(differ) - 8} more")
-        hint = self.results_path or "RESULTS.json"
-        lines.append(f"  (all of them: --qb-results {hint}, then "
-                     f"qemublock-diff {hint} --builds {builds[0]} {builds[1]})")
+        diff = f"qemublock-diff {self.results_path or 'RESULTS.json'} --builds {builds[0]} {builds[1]}"
+        lines.append(f"  (all of them: {diff}" + ("" if self.results_path else
+                                                   ", after a run with --qb-results RESULTS.json") + ")")
         return lines
 
 
@@ -563,104 +586,147 @@ def _wrap_header(name: str, width: int, unicode: bool) -> list[str]:
     return [first, _fit(rest, width, unicode)]
 
 
+@dataclass
+class _Plan:
+    row_axis: str
+    col_axis: str
+    rows: list[str]
+    cols: list[str]
+    row_w: int
+    build_w: int
+    col_w: dict[str, int]
+    chunks: list[list[str]]
+
+
+_GAP = 2
+_TOTAL = "(all)"
+
+
+def _plan(cells: Mapping[tuple[str, str, str], Mapping[str, int]], builds: Sequence[str],
+          transpose: bool, width: int, unicode: bool) -> _Plan:
+    row_axis, col_axis = ("backend", "scenario") if transpose else ("scenario", "backend")
+    keyed = {(b, k if transpose else s, s if transpose else k): n for (b, s, k), n in cells.items()}
+    rows = sorted({r for _, r, _ in keyed})
+    cols = sorted({c for _, _, c in keyed})
+    multi = len(builds) > 1
+    texts = [(c, cell_text(n, unicode)) for (_, _, c), n in keyed.items()]
+    totals: dict[tuple[str, str], Counter[str]] = {}
+    for (b, _, c), n in keyed.items():
+        totals.setdefault((b, c), Counter()).update(n)
+    if len(rows) > 1:
+        texts += [(c, cell_text(n, unicode)) for (_, c), n in totals.items()]
+    cell_w = {c: max([len(t) for cc, t in texts if cc == c] + [1]) for c in cols}
+    row_w = max([len(row_axis), len(_TOTAL)] + [len(r) for r in rows])
+    build_w = max([len("build")] + [len(b) for b in builds]) if multi else 0
+
+    def label_w() -> int:
+        return row_w + _GAP + (build_w + _GAP if multi else 0)
+
+    # Whole column names if they fit; else a long name widens its column up to
+    # 12 characters and wraps onto a second header line.
+    col_w = {c: max(cell_w[c], len(c)) for c in cols}
+    if label_w() + sum(w + _GAP for w in col_w.values()) - _GAP > width:
+        col_w = {c: max(cell_w[c], min(len(c), 12)) for c in cols}
+
+    widest = max(col_w.values(), default=0)
+    while label_w() + widest > width and row_w > 12:
+        row_w -= 1
+    if label_w() + sum(w + _GAP for w in col_w.values()) - _GAP > width:
+        row_w = max(12, min(row_w, 28))
+    chunks: list[list[str]] = []
+    current: list[str] = []
+    used = label_w()
+    for c in cols:
+        if current and used + col_w[c] > width:
+            chunks.append(current)
+            current, used = [], label_w()
+        current.append(c)
+        used += col_w[c] + _GAP
+    if current:
+        chunks.append(current)
+    return _Plan(row_axis, col_axis, rows, cols, row_w, build_w, col_w, chunks)
+
+
 def render_matrix(cells: Mapping[tuple[str, str, str], Mapping[str, int]], builds: Sequence[str],
                   build_info: Mapping[str, Mapping[str, Any]] | None = None, width: int = 100,
-                  unicode: bool = True) -> list[list[Segment]]:
-    """The matrix as lines of (text, markup) segments, each line at most *width* wide.
+                  unicode: bool = True, orientation: str = "auto"
+                  ) -> tuple[str, list[list[Segment]]]:
+    """The matrix as a title and lines of (text, markup) segments, none wider than *width*.
 
-    Rows are scenarios (sub-rows per build when there are several), columns are
-    backends; columns that do not fit go into a further table below.
+    *cells* maps (build, scenario, backend) to outcome counts. Rows are
+    scenarios and columns backends, unless that table is too wide and the
+    transposed one is not (many backends, few scenarios): then rows are
+    backends. With several builds each row has one sub-row per build.
+    Columns that still do not fit go into further tables below.
     """
     build_info = build_info or {}
-    scenarios = sorted({s for _, s, _ in cells})
-    backends = sorted({k for _, _, k in cells})
     multi = len(builds) > 1
+    if orientation == "auto":
+        normal = _plan(cells, builds, False, width, unicode)
+        plan = normal
+        if len(normal.chunks) > 1:
+            other = _plan(cells, builds, True, width, unicode)
+            if len(other.chunks) < len(normal.chunks):
+                plan = other
+    else:
+        plan = _plan(cells, builds, orientation == "backend", width, unicode)
+    transpose = plan.row_axis == "backend"
+    keyed = {(b, k if transpose else s, s if transpose else k): n for (b, s, k), n in cells.items()}
+    totals: dict[tuple[str, str], Counter[str]] = {}
+    for (b, _, c), n in keyed.items():
+        totals.setdefault((b, c), Counter()).update(n)
+
     sym = _SYMBOLS if unicode else _ASCII_SYMBOLS
+    empty = _EMPTY if unicode else _ASCII_EMPTY
+    times = "×" if unicode else "x"
+    title = f"qemublock matrix: {plan.row_axis} {times} {plan.col_axis}" + (
+        f" {times} build" if multi else "")
     out: list[list[Segment]] = []
-
-    def plain(text: str) -> list[Segment]:
-        return [(text, {})]
-
-    legend = "  ".join(f"{sym[o]} {o}" for o in OUTCOMES)
-    out.append(plain(_fit(f"cells: number of cases per outcome -- {legend}; "
-                          f"{_EMPTY if unicode else _ASCII_EMPTY} none", width, unicode)))
+    legend = "legend: " + "  ".join(f"{sym[o]} {o}" for o in OUTCOMES) + f"  {empty} none"
+    out.append([(_fit(legend, width, unicode), {})])
     if builds and list(builds) != [MISSING]:
         desc = ", ".join(f"{b} = QEMU {build_info[b]['version']}" if b in build_info
                          and build_info[b].get("version") else b for b in builds)
-        out.append(plain(_fit(("builds: " if multi else "build: ") + desc, width, unicode)))
+        out.append([(_fit(("builds: " if multi else "build: ") + desc, width, unicode), {})])
 
-    texts = {key: cell_text(n, unicode) for key, n in cells.items()}
-    totals: dict[tuple[str, str], Counter[str]] = {}
-    for (b, _, k), n in cells.items():
-        totals.setdefault((b, k), Counter()).update(n)
-    total_texts = {key: cell_text(n, unicode) for key, n in totals.items()}
-    gap = 2
-    total_label = "(all)"
-    scen_w = max([len("scenario"), len(total_label)] + [len(s) for s in scenarios])
-    build_w = max([len("build")] + [len(b) for b in builds]) if multi else 0
-    col_w: dict[str, int] = {}
-    for k in backends:
-        cw = max([len(t) for (_, _, kk), t in texts.items() if kk == k]
-                 + [len(t) for (_, kk), t in total_texts.items() if kk == k] + [1])
-        col_w[k] = max(cw, min(len(k), max(cw, 12)))
-
-    def label_width() -> int:
-        return scen_w + gap + (build_w + gap if multi else 0)
-
-    # Shrink the scenario column before splitting the table.
-    widest = max(col_w.values(), default=0)
-    while label_width() + widest > width and scen_w > 12:
-        scen_w -= 1
-    if label_width() + sum(w + gap for w in col_w.values()) > width:
-        scen_w = max(12, min(scen_w, 28))
-
-    chunks: list[list[str]] = []
-    current: list[str] = []
-    used = label_width()
-    for k in backends:
-        need = col_w[k] + gap
-        if current and used + need > width + gap:
-            chunks.append(current)
-            current, used = [], label_width()
-        current.append(k)
-        used += need
-    if current:
-        chunks.append(current)
-
-    for ci, chunk in enumerate(chunks):
-        if len(chunks) > 1:
-            out.append(plain(f"backends {ci + 1}/{len(chunks)}:"))
-        headers = {k: _wrap_header(k, col_w[k], unicode) for k in chunk}
+    label_w = plan.row_w + _GAP + (plan.build_w + _GAP if multi else 0)
+    for ci, chunk in enumerate(plan.chunks):
+        if len(plan.chunks) > 1:
+            out.append([(f"{plan.col_axis}s {ci + 1}/{len(plan.chunks)}:", {})])
+        headers = {c: _wrap_header(c, plan.col_w[c], unicode) for c in chunk}
         depth = max(len(h) for h in headers.values())
         for row in range(depth):
-            left = ("scenario" if row == depth - 1 else "").ljust(scen_w + gap)
+            last = row == depth - 1
+            left = (plan.row_axis if last else "").ljust(plan.row_w + _GAP)
             if multi:
-                left += ("build" if row == depth - 1 else "").ljust(build_w + gap)
-            line = [(left, {"bold": True})]
-            for k in chunk:
-                h = headers[k]
+                left += ("build" if last else "").ljust(plan.build_w + _GAP)
+            line: list[Segment] = [(left, {"bold": True})]
+            for c in chunk:
+                h = headers[c]
                 text = h[row - (depth - len(h))] if row >= depth - len(h) else ""
-                line.append((text.ljust(col_w[k] + gap), {"bold": True}))
+                line.append((text.ljust(plan.col_w[c] + _GAP), {"bold": True}))
             out.append(_rstrip(line))
-        rows = [(s, b) for s in scenarios for b in builds
-                if any((b, s, k) in cells for k in backends)]
-        if len(scenarios) > 1:
-            rows += [(total_label, b) for b in builds]
-        last_scenario = None
-        for s, b in rows:
-            if s == total_label and last_scenario != total_label:
-                out.append(plain("-" * min(width, label_width() + sum(col_w[k] + gap for k in chunk) - gap)))
-            shown = _fit(s, scen_w, unicode) if s != last_scenario else ""
-            last_scenario = s
-            left = shown.ljust(scen_w + gap) + (b.ljust(build_w + gap) if multi else "")
+        rows = [(r, b) for r in plan.rows for b in builds
+                if any((b, r, c) in keyed for c in plan.cols)]
+        if len(plan.rows) > 1:
+            rule = min(width, label_w + sum(plan.col_w[c] + _GAP for c in chunk) - _GAP)
+            rows += [("", "")] + [(_TOTAL, b) for b in builds]
+        previous = None
+        for r, b in rows:
+            if (r, b) == ("", ""):
+                out.append([("-" * rule, {})])
+                continue
+            shown = _fit(r, plan.row_w, unicode) if r != previous else ""
+            previous = r
+            left = shown.ljust(plan.row_w + _GAP) + (b.ljust(plan.build_w + _GAP) if multi else "")
             line = [(left, {})]
-            for k in chunk:
-                counts = totals.get((b, k)) if s == total_label else cells.get((b, s, k))
+            for c in chunk:
+                counts = totals.get((b, c)) if r == _TOTAL else keyed.get((b, r, c))
                 text = cell_text(counts or {}, unicode)
                 line.append((text, cell_style(counts or {})))
-                line.append((" " * (col_w[k] + gap - len(text)), {}))
+                line.append((" " * (plan.col_w[c] + _GAP - len(text)), {}))
             out.append(_rstrip(line))
-    return out
+    return title, out
 
 
 def _rstrip(line: list[Segment]) -> list[Segment]:
@@ -807,8 +873,8 @@ def diff_main(argv: Sequence[str] | None = None) -> int:
             build_a, build_b = builds
         else:
             build_a = build_b = None
-        a = _side(f"A {name_a}" + (f" [{build_a}]" if build_a else ""), first, build_a)
-        b = _side(f"B {name_b}" + (f" [{build_b}]" if build_b else ""), second, build_b)
+        a = _side(f"A {name_a}", first, build_a)
+        b = _side(f"B {name_b}", second, build_b)
         with_build = False
         if build_a is None:
             ma, mb = len(a.builds) > 1, len(b.builds) > 1
@@ -845,9 +911,10 @@ def diff_main(argv: Sequence[str] | None = None) -> int:
                 if msg:
                     print(f"    {msg}")
 
-    regressions = set(c[0] for c in d["regressions"])
+    shown = set(c[0] for c in d["regressions"] + d["fixed"])
     show("regressions (passed in A, fail in B)", d["regressions"])
-    show("other changes", [c for c in d["changed"] if c[0] not in regressions])
+    show("fixed (failed in A, pass in B)", d["fixed"])
+    show("other changes", [c for c in d["changed"] if c[0] not in shown])
     show("new in B", d["new"])
     show("missing from B", d["missing"])
     return 1 if d["regressions"] else 0

@@ -73,6 +73,14 @@ class Listener:
         s.connect(target)
         return s
 
+    def release(self) -> None:
+        """Close our copy once the server has inherited it.
+
+        Then a server that dies makes connects fail at once (ECONNREFUSED)
+        instead of queueing in a backlog nobody will ever accept.
+        """
+        self.sock.close()
+
     def close(self) -> None:
         self.sock.close()
         if self.path is not None:

@@ -9,6 +9,8 @@ import json
 import shutil
 import socket
 import struct
+import time
+from typing import Callable
 from pathlib import Path
 
 from ..errors import ServerError
@@ -63,17 +65,22 @@ class NbdServer(Server):
         super().stop()
 
 
-def handshake(listener: Listener, timeout: float, who: str) -> None:
-    """Prove the server speaks NBD: read the greeting, then abort politely."""
+def handshake(listener: Listener, timeout: float, who: str,
+              alive: Callable[[], bool] = lambda: True) -> None:
+    """Prove the server speaks NBD: read the greeting, then abort politely.
+
+    *alive* is polled while waiting, so a server that dies fails at once
+    instead of after the whole timeout.
+    """
     try:
         with listener.connect(timeout) as s:
-            greeting = _recv_exact(s, 18)
+            greeting = _recv_exact(s, 18, alive, time.monotonic() + timeout)
             if greeting[:8] != NBD_MAGIC or greeting[8:16] != IHAVEOPT:
                 raise ServerError(f"{who}: not an NBD newstyle greeting: {greeting!r}")
             s.sendall(struct.pack(">I", _NBD_FLAG_C_FIXED_NEWSTYLE | _NBD_FLAG_C_NO_ZEROES))
             s.sendall(IHAVEOPT + struct.pack(">II", _NBD_OPT_ABORT, 0))
             try:
-                _recv_exact(s, 20)  # option reply; a server may also just hang up
+                _recv_exact(s, 20, alive, time.monotonic() + timeout)  # a server may also just hang up
             except (OSError, ServerError):
                 pass
     except socket.timeout:
@@ -82,10 +89,19 @@ def handshake(listener: Listener, timeout: float, who: str) -> None:
         raise ServerError(f"{who}: NBD handshake on {listener} failed: {e}") from None
 
 
-def _recv_exact(s: socket.socket, n: int) -> bytes:
+def _recv_exact(s: socket.socket, n: int, alive: Callable[[], bool] = lambda: True,
+                deadline: float | None = None) -> bytes:
     buf = b""
+    s.settimeout(0.05)
     while len(buf) < n:
-        chunk = s.recv(n - len(buf))
+        try:
+            chunk = s.recv(n - len(buf))
+        except socket.timeout:
+            if not alive():
+                raise ServerError("the server exited") from None
+            if deadline is not None and time.monotonic() > deadline:
+                raise
+            continue
         if not chunk:
             raise ServerError(f"connection closed after {len(buf)} of {n} bytes")
         buf += chunk
@@ -94,7 +110,7 @@ def _recv_exact(s: socket.socket, n: int) -> bytes:
 
 def _ready(ctx: ServerContext, server: NbdServer, who: str) -> NbdServer:
     try:
-        handshake(server.listener, ctx.timeouts.launch, who)  # type: ignore[arg-type]
+        handshake(server.listener, ctx.timeouts.launch, who, server.proc.alive)  # type: ignore[arg-type]
     except ServerError as e:
         server.stop()
         raise ServerError(f"{e}\n  command: {server.proc.command_line()}\n"
@@ -115,6 +131,7 @@ def start_qemu_nbd(ctx: ServerContext, image: Path, *, readonly: bool, transport
                               name="qemu-nbd", log_dir=ctx.evidence.log_dir,
                               env={**ctx.build.env, **wrapper.env}, pass_fds=[listener.fd])
     ctx.evidence.add_process(proc)
+    listener.release()
     return _ready(ctx, NbdServer("qemu-nbd", proc, ctx.registry, listener, readonly, "e0"), "qemu-nbd")
 
 
@@ -131,6 +148,7 @@ def start_qsd_export(ctx: ServerContext, image: Path, *, readonly: bool, transpo
     proc = ctx.registry.spawn([*wrapper.prefix, *argv], name="qsd-nbd", log_dir=ctx.evidence.log_dir,
                               env={**ctx.build.env, **wrapper.env}, pass_fds=[listener.fd])
     ctx.evidence.add_process(proc)
+    listener.release()
     return _ready(ctx, NbdServer("qsd", proc, ctx.registry, listener, readonly, "e0"), "qemu-storage-daemon")
 
 
@@ -149,6 +167,7 @@ def start_nbdkit(ctx: ServerContext, image: Path, *, readonly: bool, transport: 
                               name="nbdkit", log_dir=ctx.evidence.log_dir, env=dict(wrapper.env),
                               pass_fds=[listener.fd])
     ctx.evidence.add_process(proc)
+    listener.release()
     # nbdkit serves every export name; "e0" keeps the URI shape of the others.
     return _ready(ctx, NbdServer("nbdkit", proc, ctx.registry, listener, readonly, "e0"), "nbdkit")
 
@@ -167,6 +186,7 @@ def start_qemu_export(ctx: ServerContext, image: Path, *, readonly: bool, accel:
     # The pre-bound socket goes to QEMU over QMP (SCM_RIGHTS + getfd): no
     # window in which another worker could take the port.
     vm.qmp.pass_fd(listener.fd, "nbdlisten")
+    listener.release()
     res = vm.try_execute("nbd-server-start", {"addr": {"type": "fd", "data": {"str": "nbdlisten"}},
                                               "max-connections": 16})
     if isinstance(res, QmpError):

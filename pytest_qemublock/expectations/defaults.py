@@ -1,0 +1,80 @@
+"""Expectations of the defaults scenario (suites/test_defaults.py).
+
+Defaults and inheritance: ``-drive`` turns auto-read-only on (blockdev.c
+blockdev_init), backing (COW) children open read-only with auto-read-only off
+(block.c bdrv_inherited_options), and the tools open their images with a
+BlockBackend that asks for WRITE at once, so auto-read-only cannot save them.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from ..probe import Capabilities
+from . import O_RDONLY, O_RDWR, Expect, dynamic
+
+
+def expect_classic_drive(fmt: str, readonly_storage: bool, ro: bool, error: str, caps: Capabilities) -> Expect:
+    """``-drive file=X,format=FMT,if=none[,read-only=on]``; ``ro`` is ``query-block`` inserted.ro."""
+    if ro:
+        return Expect(True, ro={"d0": True}, fd=O_RDONLY, because="read-only=on")
+    if fmt == "qcow2":
+        if readonly_storage:
+            return Expect(False, error=error, because="-drive's auto-read-only=on reaches the file child, "
+                          "but the read-write qcow2 node needs WRITE on it at once (§1.2)")
+        return Expect(True, ro={"d0": False}, fd=O_RDWR, because="a read-write qcow2 takes WRITE on its file")
+    fd = O_RDONLY if dynamic(caps) else O_RDWR
+    if readonly_storage and not dynamic(caps):
+        return Expect(True, ro={"d0": True}, fd=O_RDONLY, because="-drive defaults to auto-read-only=on")
+    return Expect(True, ro={"d0": False}, fd=fd,
+                  because="-drive defaults to auto-read-only=on: raw has no writer yet, so the "
+                          "dynamic file node stays O_RDONLY, on any storage")
+
+
+@dataclass(frozen=True)
+class ToolCase:
+    """A qemu-img/qemu-io/qemu-nbd command on read-only storage and its expected outcome."""
+
+    name: str
+    role: str
+    args: tuple[str, ...]  # {p} = raw image path, {q} = qcow2 image path (as the tool sees them)
+    ok: bool
+    error: str | None = None  # regex; {P} = escaped path of the image used
+    because: str = ""
+
+
+STRERROR = {"erofs": "Read-only file system", "eacces": "Permission denied"}
+
+# Sources: behaviour.md §1.4, re-measured on 7.2 and 10.0 (the --image-opts rows
+# quote the whole option string, not the path).
+TOOL_CASES = (
+    ToolCase("io-rw", "io", ("-f", "raw", "-c", "read 0 512", "{p}"), False,
+             r"can't open device .*: Could not open '{P}': {E}",
+             "qemu-io opens read-write unless -r"),
+    ToolCase("io-image-opts-aro", "io",
+             ("--image-opts", "-c", "read 0 512", "driver=raw,file.driver=file,file.filename={p},file.auto-read-only=on"),
+             False, r"can't open: Could not open '{P}': {E}",
+             "qemu-io's BlockBackend asks for WRITE at open, so auto-read-only cannot degrade"),
+    ToolCase("io-ro", "io", ("-r", "-f", "raw", "-c", "read -P 0x5a 0 512", "{p}"), True,
+             because="qemu-io -r opens read-only"),
+    ToolCase("io-ro-reopen-w", "io", ("-r", "-f", "raw", "-c", "reopen -w", "-c", "write 0 512", "{p}"), False,
+             r"Could not open '{P}': {E}(.|\n)*Block node is read-only",
+             "reopen -w needs the storage to accept writes"),
+    ToolCase("img-info", "img", ("info", "{q}"), True, because="qemu-img info opens read-only"),
+    ToolCase("img-check", "img", ("check", "{q}"), True, because="qemu-img check opens read-only"),
+    ToolCase("img-resize", "img", ("resize", "-f", "raw", "{p}", "2M"), False,
+             r"Could not open '{P}': Could not open '{P}': {E}", "resize needs write"),
+    ToolCase("img-resize-image-opts-aro", "img",
+             ("resize", "--image-opts", "driver=raw,file.driver=file,file.filename={p},file.auto-read-only=on", "2M"),
+             False, r"Could not open 'driver=raw,[^']*': Could not open '{P}': {E}",
+             "auto-read-only does not help a tool that must write"),
+    ToolCase("img-snapshot", "img", ("snapshot", "-c", "s1", "{q}"), False,
+             r"Could not open '{Q}': Could not open '{Q}': {E}", "snapshot -c writes"),
+)
+
+
+def tool_error(case: ToolCase, p: str, q: str, storage: str) -> str | None:
+    if case.error is None:
+        return None
+    return (case.error.replace("{P}", re.escape(p)).replace("{Q}", re.escape(q))
+            .replace("{E}", re.escape(STRERROR[storage])))

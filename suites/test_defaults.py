@@ -1,0 +1,166 @@
+"""Defaults and inheritance: -drive, backing children, the tools.
+
+* ``-drive`` turns auto-read-only on, so a raw image on read-only storage
+  opens, a qcow2 one does not (it needs WRITE on its file at once);
+* backing files opened from an image header are read-only
+  (``read-only=on,auto-read-only=off`` for COW children);
+* qemu-img / qemu-io / qemu-nbd on read-only storage: read-only uses work,
+  writes fail with the storage's error, even with auto-read-only=on.
+"""
+import json
+
+import pytest
+
+from pytest_qemublock import hostfacts, matrix, observe
+from pytest_qemublock.expectations import O_RDONLY, O_RDWR, defaults
+from pytest_qemublock.servers import nbd
+
+pytestmark = pytest.mark.defaults
+
+FILE_STORAGES = [("file", st) for st in ("rw", "erofs", "eacces")]
+RO_STORAGES = [("file", st) for st in ("erofs", "eacces")]
+
+
+@pytest.mark.parametrize("case", matrix.cases(
+    backend_storage=FILE_STORAGES, fmt=["raw", "qcow2"], interface=["drive"],
+    variant=["classic", "classic_ro"]))
+def test_classic_drive(case, targets, qemu, qemu_build, qemu_caps, qb_evidence):
+    """``-drive file=X,format=F,if=none`` as users write it: no node names, defaults."""
+    target = targets.target("file", case.storage, case.fmt)
+    ro = case.variant == "classic_ro"
+    arg = f"file={observe.qemu_opt_escape(str(target.fd_path))},format={case.fmt},if=none,id=d0"
+    if ro:
+        arg += ",read-only=on"
+    qb_evidence.note(case=case.describe(), drive=arg)
+    exp = defaults.expect_classic_drive(case.fmt, target.readonly, ro,
+                                        observe_error(target), qemu_caps)
+    try:
+        vm = qemu.start("-drive", arg, wrapper=target.wrapper)
+    except Exception as e:  # LaunchError
+        obs = observe.Observed("drive", False, getattr(e, "stderr", str(e)))
+    else:
+        obs = observe.Observed("drive", True, vm=vm)
+        obs.ro = {b["device"]: bool(b["inserted"]["ro"]) for b in vm.execute("query-block")
+                  if "inserted" in b}
+        obs.fd = hostfacts.fd_modes(vm.pid, target.fd_path)
+    observe.check(exp, obs, what=f"-drive {arg} ({case.id})", build=qemu_build.name)
+
+
+def observe_error(target):
+    from pytest_qemublock.expectations import open_failed
+
+    return open_failed(target) if target.readonly else None
+
+
+@pytest.mark.parametrize("case", matrix.cases(
+    backend_storage=FILE_STORAGES, fmt=["chain"], interface=["blockdev", "drive"]))
+def test_backing_children_open_read_only(case, targets, qemu, qemu_build, qb_evidence):
+    """Backing files found through the image header open read-only, whatever the top does."""
+    st = targets.storage(case.storage)
+    from pytest_qemublock.images import ImageFactory
+
+    top = ImageFactory(targets.tools, st.directory).from_recipe("chain")
+    if case.storage != "rw":
+        st.make_readonly()
+    path = str(st.qemu_path(top.path))
+    # The top is read-write where the storage allows it, read-only elsewhere.
+    top_ro = case.storage != "rw"
+    if case.interface == "blockdev":
+        opts = {"driver": "qcow2", "node-name": "top", "read-only": top_ro,
+                "file": {"driver": "file", "node-name": "top-file", "filename": path}}
+        vm = qemu.start("-blockdev", json.dumps(opts), wrapper=st.wrapper)
+    else:
+        arg = f"file={observe.qemu_opt_escape(path)},format=qcow2,if=none,id=d0,node-name=top"
+        arg += ",read-only=on" if top_ro else ""
+        vm = qemu.start("-drive", arg, wrapper=st.wrapper)
+    qb_evidence.note(case=case.describe())
+    nodes = vm.nodes()
+    chain = []
+    name = "top"
+    while name:
+        node = nodes[name]
+        chain.append(node)
+        backing = node["image"].get("backing-image")
+        name = next((n for n, v in nodes.items() if backing and v["drv"] == "qcow2"
+                     and v["image"]["filename"] == backing["filename"] and v is not node), None)
+    assert len(chain) == 3, f"{case.id}: expected a 3-layer chain, QEMU opened {[n['node-name'] for n in chain]}"
+    assert chain[0]["ro"] is top_ro, f"{case.id}: top ro={chain[0]['ro']}, expected {top_ro}"
+    for layer, img in zip(chain[1:], top.chain()[1:]):
+        assert layer["ro"] is True, (
+            f"{case.id} [build {qemu_build.name}]: backing node {layer['node-name']} ({img.path.name}) "
+            f"has ro={layer['ro']}, expected True (COW children default to read-only=on)")
+        modes = hostfacts.fd_modes(vm.pid, st.qemu_path(img.path))
+        assert modes == [O_RDONLY], (
+            f"{case.id} [build {qemu_build.name}]: backing {img.path.name} fd modes {modes}, expected [O_RDONLY]")
+    top_modes = hostfacts.fd_modes(vm.pid, path)
+    want = O_RDONLY if top_ro else O_RDWR
+    assert top_modes == [want], f"{case.id}: top fd modes {top_modes}, expected [{want}]"
+
+
+@pytest.mark.parametrize("tool", defaults.TOOL_CASES, ids=lambda t: t.name)
+@pytest.mark.parametrize("case", matrix.cases(backend_storage=RO_STORAGES))
+def test_tools_on_read_only_storage(case, tool, targets, qemu_build, qemu_tools, qb_evidence):
+    """qemu-img / qemu-io on read-only storage: reads work, writes fail with the storage's error."""
+    if not qemu_build.has(tool.role):
+        pytest.skip(f"build {qemu_build.name} has no qemu-{tool.role}")
+    raw = targets.target("file", case.storage, "raw")
+    qcow2 = targets.target("file", case.storage, "qcow2")
+    p, q = str(raw.fd_path), str(qcow2.fd_path)
+    args = [a.replace("{p}", p).replace("{q}", q) for a in tool.args]
+    qb_evidence.note(case=case.describe(), tool=tool.name)
+    res = qemu_tools.run(tool.role, *args, check=False, prefix=raw.wrapper.prefix)
+    output = (res.stdout + res.stderr).strip()
+    what = f"qemu-{tool.role} {' '.join(args)} on {case.id} [build {qemu_build.name}]"
+    if tool.ok:
+        assert res.returncode == 0, f"{what}: expected success ({tool.because}), got exit {res.returncode}: {output}"
+    else:
+        assert res.returncode != 0, f"{what}: expected a refusal ({tool.because}), but it succeeded: {output}"
+        err = defaults.tool_error(tool, p, q, case.storage)
+        import re
+
+        assert re.search(err, output), f"{what}: error does not match /{err}/ ({tool.because}):\n{output}"
+    assert raw.image.unchanged() and qcow2.image.unchanged(), f"{what}: read-only storage was written"
+
+
+@pytest.mark.parametrize("case", matrix.cases(backend_storage=RO_STORAGES, variant=["qemu-nbd", "qsd"]))
+def test_servers_on_read_only_storage(case, targets, qemu, qemu_build, qemu_caps, qb_evidence):
+    """A read-only export of read-only storage serves; a writable one is refused at start."""
+    target = targets.target("file", case.storage, "raw")
+    start = nbd.start_qemu_nbd if case.variant == "qemu-nbd" else nbd.start_qsd_export
+    role = "nbd" if case.variant == "qemu-nbd" else "qsd"
+    if not qemu_build.has(role):
+        pytest.skip(f"build {qemu_build.name} has no {case.variant}")
+    # An unprivileged server cannot create sockets in the private socket dir,
+    # but it inherits the pre-bound one; the eacces wrapper applies to it too.
+    server = start(targets.server_ctx, target.fd_path, readonly=True, wrapper=target.wrapper)
+    targets.servers.append(server)
+    vm = qemu.start("-blockdev", json.dumps({**server.blockdev_options(), "node-name": "c0",
+                                             "read-only": True}))
+    assert vm.node_ro("c0") is True
+    err = vm.execute_error("human-monitor-command", {"command-line": "qemu-io c0 \"read -P 0x5a 0 4k\""})
+    assert err is None, f"{case.id}: reading through the read-only export failed: {err}"
+    with _refused() as refused:
+        start(targets.server_ctx, target.fd_path, readonly=False, wrapper=target.wrapper)
+    msg = refused.message
+    assert ("Could not open" in msg and defaults.STRERROR[case.storage] in msg), (
+        f"{case.id} [build {qemu_build.name}]: a writable {case.variant} export of read-only storage "
+        f"should fail with \"Could not open '...': {defaults.STRERROR[case.storage]}\", got: {msg}")
+    assert target.image.unchanged()
+
+
+class _refused:
+    """Context manager: the body must raise ServerError; keeps its message."""
+
+    def __enter__(self):
+        self.message = ""
+        return self
+
+    def __exit__(self, et, ev, tb):
+        from pytest_qemublock.errors import ServerError
+
+        if et is None:
+            raise AssertionError("the server started, but was expected to refuse")
+        if issubclass(et, ServerError):
+            self.message = str(ev)
+            return True
+        return False

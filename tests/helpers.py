@@ -1,0 +1,163 @@
+"""Helpers shared by the plugin's own tests (see conftest.py for the fixtures).
+
+To find "our" QEMU processes, each inner run gets a unique token in its
+environment (``QB_TEST_TOKEN``); every process the plugin spawns inherits it,
+so a scan of ``/proc/*/environ`` finds exactly that run's processes (zombies
+have an empty environ and so never count as alive).
+"""
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+import uuid
+from pathlib import Path
+from typing import Iterable
+
+import pytest
+
+from pytest_qemublock.build import BINARIES
+
+#: iotests-style variables and others that would leak the developer's setup
+#: into inner runs (and xdist's, which would make an inner run think it is a worker).
+LEAKY_ENV = tuple(b.env for b in BINARIES) + (
+    "QEMU_MODULE_DIR", "PYTEST_ADDOPTS", "PYTEST_XDIST_WORKER", "PYTEST_XDIST_WORKER_COUNT",
+    "PYTEST_XDIST_TESTRUNUID", "QB_TEST_TOKEN", "QB_MARKER",
+)
+
+#: the QEMU 10.0 build unpacked by scripts/fetch-qemu-build.sh
+QEMU10_DIR = Path(os.environ.get("QB_TEST_QEMU10", "/root/.cache/pytest-qemublock/qemu-10.0"))
+
+#: the installed QEMU (Debian's 7.2), one path per role
+REAL = {spec.role: shutil.which(spec.filename) for spec in BINARIES}
+FILENAME = {spec.role: spec.filename for spec in BINARIES}
+
+#: inner runs: no plugin that reorders tests
+BASE_ARGS = ("-p", "no:randomly", "-p", "no:random_order")
+
+SUITE_TEST = '''
+import json
+
+def test_open_image(qemu, images):
+    img = images.from_recipe("raw")
+    vm = qemu.start("-blockdev", json.dumps({"driver": "file", "node-name": "f0",
+                                            "filename": str(img.path), "read-only": True}))
+    assert vm.node_ro("f0") is True
+'''
+
+
+def our_processes(token: str, names: Iterable[str] = ("qemu",)) -> list[str]:
+    """``pid comm`` of live processes whose environment holds *token* and whose
+    command name starts with one of *names* (zombies are never listed)."""
+    found = []
+    needle = f"QB_TEST_TOKEN={token}".encode()
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            if needle not in (d / "environ").read_bytes().split(b"\0"):
+                continue
+            comm = (d / "comm").read_text().strip()
+        except OSError:
+            continue
+        if comm.startswith(tuple(names)):
+            found.append(f"{d.name} {comm}")
+    return found
+
+
+def wait_gone(token: str, timeout: float, names: Iterable[str] = ("qemu",)) -> list[str]:
+    """Poll until no process of *token* is left; returns what is still there."""
+    deadline = time.monotonic() + timeout
+    left = our_processes(token, names)
+    while left and time.monotonic() < deadline:
+        time.sleep(0.1)
+        left = our_processes(token, names)
+    return left
+
+
+def header_line(lines: list[str], role: str) -> str:
+    """The report-header line of *role*'s binary (``  qemu-img   /path  [source]``)."""
+    name = FILENAME[role]
+    for line in lines:
+        if re.match(rf"\s+{re.escape(name)}\s", line):
+            return line.strip()
+    raise AssertionError(f"no header line for {name} in:\n" + "\n".join(lines))
+
+
+def binary_line(role: str, path: Path | str, source: str) -> str:
+    """What :func:`header_line` returns for *role* at *path* from *source*."""
+    return f"{FILENAME[role]:<21} {path}  [{source}]"
+
+
+def link_dir(directory: Path, roles: Iterable[str] = tuple(REAL)) -> Path:
+    """A directory of symlinks to the installed QEMU's binaries (a distinct path per dir)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    for role in roles:
+        (directory / FILENAME[role]).symlink_to(REAL[role])
+    return directory
+
+
+def write_script(path: Path, body: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("#!/bin/sh\n" + textwrap.dedent(body).lstrip())
+    path.chmod(0o755)
+    return path
+
+
+class InnerRun:
+    """One inner project: a suite-like test file, a unique work dir and token."""
+
+    def __init__(self, pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.pytester = pytester
+        self.path = pytester.path
+        self.token = uuid.uuid4().hex
+        monkeypatch.setenv("QB_TEST_TOKEN", self.token)
+        self.basetemp = self.path / "qbwork"
+        self.evidence = self.path / "qemublock-evidence"
+
+    def suite(self, source: str = SUITE_TEST, name: str = "test_suite") -> Path:
+        return self.pytester.makepyfile(**{name: textwrap.dedent(source)})
+
+    def ini(self, *lines: str, qemublock: bool = True) -> Path:
+        body = "\n".join((["qemublock = true"] if qemublock else []) + list(lines))
+        return self.pytester.makefile(".ini", pytest=f"[pytest]\n{body}\n")
+
+    def args(self, *args: str, basetemp: bool = True) -> list[str]:
+        out = list(BASE_ARGS)
+        if basetemp and not any(a.startswith("--qb-basetemp") for a in args):
+            out.append(f"--qb-basetemp={self.basetemp}")
+        return out + list(args)
+
+    def run(self, *args: str, timeout: float = 120, basetemp: bool = True) -> pytest.RunResult:
+        return self.pytester.runpytest_subprocess(*self.args(*args, basetemp=basetemp),
+                                                  timeout=timeout)
+
+    def popen(self, *args: str) -> subprocess.Popen[str]:
+        """Start ``python -m pytest`` without waiting (for signal tests).
+
+        SIGINT is reset to its default: a shell or CI runner may have started
+        us with it ignored, and Python then never turns it into KeyboardInterrupt.
+        """
+        out = open(self.path / "inner.out", "w")
+        proc = self.pytester.popen(
+            [sys.executable, "-m", "pytest", *self.args(*args)], stdout=out,
+            stderr=subprocess.STDOUT, text=True,
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+        out.close()
+        return proc
+
+    def output(self) -> str:
+        return (self.path / "inner.out").read_text()
+
+    def processes(self, names: Iterable[str] = ("qemu",)) -> list[str]:
+        return our_processes(self.token, names)
+
+
+def assert_no_leak(run: InnerRun, timeout: float = 5.0) -> None:
+    left = wait_gone(run.token, timeout)
+    assert not left, f"QEMU processes of the inner run still alive after {timeout}s: {left}"

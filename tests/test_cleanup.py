@@ -1,0 +1,308 @@
+"""No QEMU outlives its test: crashes, timeouts, hangs, Ctrl-C, SIGTERM, SIGKILL, xdist."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from helpers import assert_no_leak, our_processes, wait_gone
+
+BLOCKDEV = '''json.dumps({"driver": "file", "node-name": "f0", "filename": str(img.path),
+                         "read-only": True})'''
+
+CRASH_SUITE = f'''
+import json, os, signal
+
+def test_qemu_crashes(qemu, images):
+    img = images.from_recipe("raw")
+    vm = qemu.start("-global", "no-such-driver.prop=1", "-blockdev", {BLOCKDEV})
+    os.kill(vm.pid, signal.SIGSEGV)
+    vm.execute("query-status")
+'''
+
+
+def test_crash_fails_with_signal_and_stderr(inner):
+    inner.suite(CRASH_SUITE)
+
+    r = inner.run()
+
+    assert r.ret == pytest.ExitCode.TESTS_FAILED
+    # the call fails (QMP saw QEMU die) and teardown reports the crash as well
+    r.assert_outcomes(failed=1, errors=1)
+    r.stdout.fnmatch_lines([
+        "E * pytest_qemublock.errors.ProcessError: qemu died: killed by SIGSEGV (during query-status)",
+        "E * stderr: qemu-system-x86_64: warning: global no-such-driver.prop has invalid class name",
+    ])
+    r.stdout.fnmatch_lines([
+        "*ERROR at teardown of test_qemu_crashes*",
+        "qemu exited unexpectedly while the test ran: killed by SIGSEGV",
+    ])
+    assert "ExecInterruptedError" not in r.stdout.str()  # no qemu.qmp internals leak out
+    assert_no_leak(inner, timeout=0.5)
+
+
+START_FAILS_SUITE = '''
+def test_qemu_refuses_to_start(qemu):
+    qemu.start("-device", "virtio-blk-pci,drive=nonexistent")
+'''
+
+
+def test_refused_start_shows_stderr_and_leaves_nothing(inner):
+    inner.suite(START_FAILS_SUITE)
+
+    r = inner.run()
+
+    r.assert_outcomes(failed=1)
+    r.stdout.fnmatch_lines([
+        "E * pytest_qemublock.errors.LaunchError: qemu exited during start-up",
+        "E * command: *qemu-system-x86_64 -M none * -device virtio-blk-pci,drive=nonexistent",
+        "E * status: exit status 1",
+        "E * stderr: qemu-system-x86_64: -device virtio-blk-pci,drive=nonexistent: *",
+    ])
+    assert_no_leak(inner, timeout=0.5)
+
+
+TIMEOUT_SUITE = '''
+import time
+
+def test_event_never_comes(qemu):
+    vm = qemu.start()
+    t0 = time.monotonic()
+    try:
+        vm.wait_event("NEVER", timeout=0.5)
+    finally:
+        print(f"waited {time.monotonic() - t0:.2f}s")
+'''
+
+
+def test_event_timeout_fails_with_qmp_timeout(inner):
+    inner.suite(TIMEOUT_SUITE)
+
+    r = inner.run()
+
+    r.assert_outcomes(failed=1)
+    r.stdout.fnmatch_lines([
+        "E * pytest_qemublock.errors.QmpTimeout: qemu: event NEVER * did not arrive within 0.5s "
+        "(unconsumed events: none)",
+    ])
+    line = next(ln for ln in r.outlines if ln.startswith("waited "))
+    assert 0.5 <= float(line.split()[1].rstrip("s")) < 3.0, line
+    assert "ERROR at teardown" not in r.stdout.str()  # a live QEMU quits cleanly afterwards
+    assert_no_leak(inner, timeout=0.5)
+
+
+HUNG_SUITE = '''
+import os, signal
+
+def test_qemu_hangs(qemu):
+    vm = qemu.start()
+    os.kill(vm.pid, signal.SIGSTOP)
+    vm.execute("query-status", timeout=0.5)
+'''
+
+
+def test_hung_qemu_times_out_and_is_killed(inner):
+    inner.suite(HUNG_SUITE)
+
+    t0 = time.monotonic()
+    r = inner.run("--qb-timeout-factor=0.1")  # shutdown waits 1s instead of 10s
+    elapsed = time.monotonic() - t0
+
+    r.assert_outcomes(failed=1)
+    r.stdout.fnmatch_lines([
+        "E * pytest_qemublock.errors.QmpTimeout: qemu: QMP query-status got no answer within 0.5s"])
+    assert elapsed < 30, f"the inner run took {elapsed:.1f}s"
+    assert_no_leak(inner, timeout=0.5)
+
+
+STRAY_SUITE = '''
+import os
+from pathlib import Path
+
+def test_starts_a_stray_process(qb_session, qb_evidence):
+    proc = qb_session.registry.spawn(["sleep", "300"], name="stray", log_dir=qb_evidence.log_dir)
+    Path(os.environ["QB_MARKER"]).write_text(str(proc.pid))
+'''
+
+
+def test_processes_left_running_are_killed_at_session_end(inner, monkeypatch):
+    marker = inner.path / "stray.pid"
+    monkeypatch.setenv("QB_MARKER", str(marker))
+    inner.suite(STRAY_SUITE)
+
+    r = inner.run()
+
+    r.assert_outcomes(passed=1)
+    pid = int(marker.read_text())
+    r.stdout.fnmatch_lines([f"qemublock: killed processes still running at session end: "
+                            f"stray (pid {pid}, killed by SIGKILL)"])
+    assert wait_gone(inner.token, 0.5, names=("sleep",)) == []
+
+
+SLEEPER_SUITE = f'''
+import json, os, time
+from pathlib import Path
+
+def test_sleeps_with_qemu(qemu, images):
+    img = images.from_recipe("raw")
+    vm = qemu.start("-blockdev", {BLOCKDEV})
+    Path(os.environ["QB_MARKER"]).write_text(str(vm.pid))
+    time.sleep(300)
+'''
+
+
+def _start_sleeper(inner, monkeypatch, *args: str) -> tuple[subprocess.Popen[str], int]:
+    """Start an inner run whose test sleeps with QEMU up; return it and QEMU's pid."""
+    marker = inner.path / "qemu.pid"
+    monkeypatch.setenv("QB_MARKER", str(marker))
+    # a private TMPDIR: the crash-recovery state files of this run stay out of /tmp
+    tmp = inner.path / "tmp"
+    tmp.mkdir(exist_ok=True)
+    monkeypatch.setenv("TMPDIR", str(tmp))
+    inner.suite(SLEEPER_SUITE)
+    proc = inner.popen(*args)
+    deadline = time.monotonic() + 60
+    while not marker.exists() or not marker.read_text():
+        if proc.poll() is not None:
+            pytest.fail(f"inner run ended early ({proc.returncode}):\n{inner.output()}")
+        if time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail(f"QEMU never came up:\n{inner.output()}")
+        time.sleep(0.05)
+    qemu_pid = int(marker.read_text())
+    # the scan for leftovers must be able to see this very QEMU, or it proves nothing
+    assert f"{qemu_pid} qemu-system-x86" in our_processes(inner.token)
+    return proc, qemu_pid
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_interrupted_session_leaves_nothing(inner, monkeypatch, sig):
+    proc, qemu_pid = _start_sleeper(inner, monkeypatch)
+
+    proc.send_signal(sig)
+    rc = proc.wait(30)
+
+    out = inner.output()
+    assert rc == pytest.ExitCode.INTERRUPTED, out
+    assert "KeyboardInterrupt" in out
+    assert "Traceback" not in out and "INTERNALERROR" not in out
+    assert_no_leak(inner, timeout=0.5)
+    assert os.listdir(inner.basetemp) == [], "the work dir is removed on interrupt too"
+
+
+def test_sigkilled_pytest_takes_qemu_down(inner, monkeypatch):
+    proc, qemu_pid = _start_sleeper(inner, monkeypatch)
+    state_dir = inner.path / "tmp" / f"qemublock-{os.getuid()}-procs"
+    state = json.loads((state_dir / f"{proc.pid}.procs.json").read_text())
+    assert qemu_pid in [p["pid"] for p in state["procs"]], state  # recorded for the next run
+
+    proc.kill()
+    proc.wait(10)
+
+    # PR_SET_PDEATHSIG: no cleanup code ran in pytest, yet QEMU dies with it
+    assert_no_leak(inner, timeout=5.0)
+
+    # The next run (same TMPDIR) finds the state file, has nothing left to reap
+    # (a dead QEMU that its new parent has not reaped yet does not count) and
+    # removes the file.
+    inner.suite("def test_plain():\n    pass\n", name="test_next")
+    r = inner.run("test_next.py")
+    assert r.ret == 0, r.stdout.str()
+    assert "killed processes left by an earlier crashed run" not in r.stdout.str()
+    assert not (state_dir / f"{proc.pid}.procs.json").exists()
+
+
+def test_next_run_reaps_survivors_of_a_crashed_run(inner, monkeypatch):
+    """Processes recorded by a dead run are killed and reported; others are left alone."""
+    tmp = inner.path / "tmp"
+    state_dir = tmp / f"qemublock-{os.getuid()}-procs"
+    state_dir.mkdir(parents=True)
+    monkeypatch.setenv("TMPDIR", str(tmp))
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    survivor = subprocess.Popen(["sleep", "300"], start_new_session=True)
+    reused = subprocess.Popen(["sleep", "300"], start_new_session=True)  # pid "reused"
+    foreign = subprocess.Popen(["sleep", "300"], start_new_session=True)  # a live run's
+    try:
+        def start(pid: int) -> str:
+            return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+
+        (state_dir / f"{dead.pid}.procs.json").write_text(json.dumps({"owner": dead.pid, "procs": [
+            {"pid": survivor.pid, "start": start(survivor.pid), "name": "qemu-left-behind"},
+            {"pid": reused.pid, "start": str(int(start(reused.pid)) - 1), "name": "not-ours"},
+        ]}))
+        (state_dir / "alive.procs.json").write_text(json.dumps({"owner": os.getpid(), "procs": [
+            {"pid": foreign.pid, "start": start(foreign.pid), "name": "busy-elsewhere"}]}))
+        inner.suite("def test_plain():\n    pass\n")
+
+        r = inner.run()
+
+        assert r.ret == 0, r.stdout.str()
+        r.stdout.fnmatch_lines([f"qemublock: killed processes left by an earlier crashed run: "
+                                f"qemu-left-behind (pid {survivor.pid})"])
+        assert survivor.wait(5) == -signal.SIGKILL
+        assert reused.poll() is None and foreign.poll() is None
+        assert "not-ours" not in r.stdout.str() and "busy-elsewhere" not in r.stdout.str()
+        assert not (state_dir / f"{dead.pid}.procs.json").exists()
+        assert (state_dir / "alive.procs.json").exists()
+    finally:
+        for p in (survivor, reused, foreign):
+            p.kill()
+            p.wait()
+
+
+XDIST_SUITE = '''
+import json, os
+from pathlib import Path
+
+import pytest
+
+def _record(qb_session, name):
+    out = Path(os.environ["QB_MARKER"])
+    out.mkdir(exist_ok=True)
+    (out / name).write_text(f"{os.environ['PYTEST_XDIST_WORKER']} {qb_session.root}")
+
+@pytest.mark.parametrize("n", range(4))
+def test_opens_image(qemu, images, qb_session, n):
+    _record(qb_session, f"ok{n}")
+    img = images.from_recipe("raw")
+    vm = qemu.start("-blockdev", json.dumps({"driver": "file", "node-name": "f0",
+                                            "filename": str(img.path), "read-only": True}))
+    assert vm.node_ro("f0") is True
+
+def test_fails(qemu, images, qb_session):
+    _record(qb_session, "failing")
+    img = images.from_recipe("raw")
+    vm = qemu.start("-blockdev", json.dumps({"driver": "file", "node-name": "f0",
+                                            "filename": str(img.path), "read-only": True}))
+    assert vm.node_ro("f0") is False, "deliberate"
+'''
+
+
+def test_xdist_two_workers(inner, monkeypatch):
+    records = inner.path / "records"
+    monkeypatch.setenv("QB_MARKER", str(records))
+    inner.suite(XDIST_SUITE)
+
+    r = inner.run("-n", "2")
+
+    assert r.ret == pytest.ExitCode.TESTS_FAILED, r.stdout.str()
+    r.assert_outcomes(passed=4, failed=1)
+    seen = {f.name: f.read_text().split(" ", 1) for f in records.iterdir()}
+    workers = {w for w, _ in seen.values()}
+    assert workers == {"gw0", "gw1"}, seen
+    for worker, root in seen.values():
+        assert Path(root).name.startswith(f"qb-{worker.replace('gw', 'w')}-"), root
+        assert not Path(root).exists(), f"{root} was not removed"
+    # evidence travels from the worker to the controller's report
+    d = inner.evidence / "test_suite.py__test_fails"
+    assert (d / "qemu-nodes.json").is_file()
+    r.stdout.fnmatch_lines(["*- qemublock evidence -*", f"full evidence: {d}"])
+    # both workers share one probe (under a file lock)
+    assert len(list((inner.path / ".pytest_cache/d/qemublock").glob("probe-*.json"))) == 1
+    assert_no_leak(inner, timeout=0.5)

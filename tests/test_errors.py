@@ -1,0 +1,198 @@
+"""Bad input: exactly one clear line on stderr, exit code 4, no traceback.
+
+And one input that looks bad but is fine: a work dir with spaces and commas.
+"""
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Callable
+
+import pytest
+
+from helpers import REAL, link_dir, write_script
+
+Setup = Callable[[Path, pytest.MonkeyPatch], list[str]]
+
+
+def _old_qemu(p: Path, mp: pytest.MonkeyPatch) -> list[str]:
+    fake = write_script(p / "old" / "qemu-system-x86_64", """
+        echo "QEMU emulator version 2.12.0"
+        echo "Copyright (c) 2003-2017 Fabrice Bellard and the QEMU Project developers"
+    """)
+    return [f"--qemu-system={fake}"]
+
+
+def _not_executable(p: Path, mp: pytest.MonkeyPatch) -> list[str]:
+    f = p / "noexec" / "qemu-img"
+    f.parent.mkdir()
+    f.write_bytes(Path(REAL["img"]).read_bytes()[:4096])
+    f.chmod(0o644)
+    return [f"--qemu-img={f}"]
+
+
+def _crashing(p: Path, mp: pytest.MonkeyPatch) -> list[str]:
+    fake = write_script(p / "crash" / "qemu-img", "kill -SEGV $$\n")
+    return [f"--qemu-img={fake}"]
+
+
+def _no_system_in_dir(p: Path, mp: pytest.MonkeyPatch) -> list[str]:
+    d = link_dir(p / "partial", ("img", "io"))
+    return [f"--qemu-build-dir={d}"]
+
+
+def _build_dir_file(p: Path, mp: pytest.MonkeyPatch) -> list[str]:
+    f = p / "a-file"
+    f.write_text("not a directory\n")
+    return [f"--qemu-build-dir={f}"]
+
+
+def _dupe_dirnames(p: Path, mp: pytest.MonkeyPatch) -> list[str]:
+    a = link_dir(p / "a" / "qemu")
+    b = link_dir(p / "b" / "qemu")
+    return [f"--qemu-build={a}", f"--qemu-build={b}"]
+
+
+def _dupe_names(p: Path, mp: pytest.MonkeyPatch) -> list[str]:
+    a = link_dir(p / "a" / "one")
+    b = link_dir(p / "b" / "two")
+    return [f"--qemu-build=x={a}", f"--qemu-build=x={b}"]
+
+
+def _bad_build_name(p: Path, mp: pytest.MonkeyPatch) -> list[str]:
+    a = link_dir(p / "a" / "one")
+    return [f"--qemu-build=my build={a}"]
+
+
+def _env_missing(p: Path, mp: pytest.MonkeyPatch) -> list[str]:
+    mp.setenv("QEMU_IMG_PROG", "/nonexistent/qemu-img")
+    return []
+
+
+def _ini_missing(p: Path, mp: pytest.MonkeyPatch) -> list[str]:
+    (p / "pytest.ini").write_text("[pytest]\nqemublock = true\nqemu_io = /nonexistent/qemu-io\n")
+    return []
+
+
+def _img_not_on_path(p: Path, mp: pytest.MonkeyPatch) -> list[str]:
+    (p / "empty").mkdir()
+    mp.setenv("PATH", str(p / "empty"))
+    return [f"--qemu-system={REAL['system']}"]
+
+
+# (id, setup, the one expected stderr line as a regex; "{p}" is the inner project dir)
+CASES: list[tuple[str, Setup | list[str], str]] = [
+    ("missing-binary", ["--qemu-img=/nonexistent"],
+     r"qemu-img from option --qemu-img: /nonexistent does not exist"),
+    ("bin-true", ["--qemu-system=/bin/true"],
+     r"qemu-system-x86_64 from option --qemu-system: /bin/true is not a QEMU binary "
+     r"\(`true --version` printed 'true \(GNU coreutils\) [\d.]+', exit 0\)"),
+    ("bin-ls", ["--qemu-system=/bin/ls"],
+     r"qemu-system-x86_64 from option --qemu-system: /bin/ls is not a QEMU binary "
+     r"\(`ls --version` printed 'ls \(GNU coreutils\) [\d.]+', exit 0\)"),
+    ("optional-binary-checked-too", ["--qemu-nbd=/bin/true"],
+     r"qemu-nbd from option --qemu-nbd: /bin/true is not a QEMU binary .*"),
+    ("crashing-binary", _crashing,
+     r"qemu-img from option --qemu-img: {p}/crash/qemu-img is not a QEMU binary "
+     r"\(`qemu-img --version` printed '\(nothing\)', exit -11\)"),
+    ("directory-as-binary", ["--qemu-img=/tmp"],
+     r"qemu-img from option --qemu-img: /tmp is a directory, not a program"),
+    ("not-executable", _not_executable,
+     r"qemu-img from option --qemu-img: {p}/noexec/qemu-img is not executable"),
+    ("too-old", _old_qemu,
+     r"{p}/old/qemu-system-x86_64 is QEMU 2\.12\.0: too old, auto-read-only needs QEMU 3\.1 or newer"),
+    ("build-dir-nonexistent", ["--qemu-build-dir=/nonexistent/build"],
+     r"QEMU build directory '/nonexistent/build' does not exist"),
+    ("build-dir-without-system", _no_system_in_dir,
+     r"QEMU build directory '{p}/partial' is unusable: no qemu-system-x86_64 \(looked at "
+     r"{p}/partial/qemu-system-x86_64, {p}/partial/storage-daemon/qemu-system-x86_64, "
+     r"{p}/partial/usr/bin/qemu-system-x86_64, {p}/partial/bin/qemu-system-x86_64\); "
+     r"build QEMU there first or pass the right directory"),
+    ("build-dir-is-a-file", _build_dir_file,
+     r"QEMU build directory '{p}/a-file' is not a directory"),
+    ("named-build-nonexistent", ["--qemu-build=/nonexistent/qemu-9.2"],
+     r"QEMU build directory '/nonexistent/qemu-9.2' does not exist"),
+    ("duplicate-dir-names", _dupe_dirnames,
+     r"--qemu-build names must be unique; repeated: qemu \(use NAME=DIR to name them\)"),
+    ("duplicate-names", _dupe_names,
+     r"--qemu-build names must be unique; repeated: x \(use NAME=DIR to name them\)"),
+    ("bad-build-name", _bad_build_name,
+     r"--qemu-build 'my build={p}/a/one': the build name 'my build' may only use letters, "
+     r"digits and \._\+-"),
+    ("env-var-names-its-source", _env_missing,
+     r"qemu-img from \$QEMU_IMG_PROG: /nonexistent/qemu-img does not exist"),
+    ("ini-names-its-source", _ini_missing,
+     r"qemu-io from ini qemu_io: /nonexistent/qemu-io does not exist"),
+    ("required-binary-not-found", _img_not_on_path,
+     r"qemu-img not found on PATH \(install Debian package qemu-utils, or pass --qemu-img / "
+     r"set QEMU_IMG_PROG\)"),
+]
+
+
+@pytest.mark.parametrize("setup, expected", [pytest.param(s, e, id=i) for i, s, e in CASES])
+def test_bad_input_is_one_line_usage_error(inner, monkeypatch, setup, expected):
+    if not (inner.path / "pytest.ini").exists():
+        inner.ini()  # qemublock = true: validate at start-up even without options
+    args = setup(inner.path, monkeypatch) if callable(setup) else setup
+    inner.suite()
+
+    r = inner.run(*args)
+
+    out, err = r.stdout.str(), r.stderr.str()
+    assert r.ret == pytest.ExitCode.USAGE_ERROR, out + err
+    lines = [line for line in r.errlines if line.strip()]
+    pattern = "ERROR: qemublock: " + expected.replace("{p}", re.escape(str(inner.path)))
+    assert len(lines) == 1, f"expected one error line, got:\n{err}"
+    assert re.fullmatch(pattern, lines[0]), f"\n{lines[0]}\n!~\n{pattern}"
+    assert "Traceback" not in out + err and "INTERNALERROR" not in out + err
+    # nothing ran, nothing was created
+    assert "collected" not in out
+    assert not inner.basetemp.exists()
+
+
+def test_lazy_validation_exits_with_usage_error_at_first_use(inner, monkeypatch):
+    """Without start-up validation the first test needing QEMU stops the run, cleanly."""
+    monkeypatch.setenv("QEMU_IMG_PROG", "/nonexistent/qemu-img")
+    inner.suite()
+
+    r = inner.run()
+
+    out = r.stdout.str() + r.stderr.str()
+    assert r.ret == pytest.ExitCode.USAGE_ERROR, out
+    r.stdout.fnmatch_lines(["*Exit: qemublock: qemu-img from $QEMU_IMG_PROG: "
+                            "/nonexistent/qemu-img does not exist*"])
+    assert "Traceback" not in out and "INTERNALERROR" not in out
+
+
+WEIRD_DIR_TEST = r'''
+import json
+
+def test_images_in_a_weird_dir(qemu, images, qemu_tools):
+    img = images.from_recipe("qcow2")
+    assert "x y,z" in str(img.path), img.path
+    blockdev = {"driver": "qcow2", "node-name": "q0", "read-only": True,
+                "file": {"driver": "file", "filename": str(img.path)}}
+    drive = f"if=none,id=d1,format=qcow2,readonly=on,file={str(img.path).replace(',', ',,')}"
+    vm = qemu.start("-blockdev", json.dumps(blockdev), "-drive", drive)
+    assert vm.nodes()["q0"]["file"] == str(img.path)
+    [d1] = [b for b in vm.execute("query-block") if b["device"] == "d1"]
+    assert d1["inserted"]["file"] == str(img.path)
+    assert qemu_tools.info(img.path)["format"] == "qcow2"
+    assert images.verify(img, img.patterns[0])
+'''
+
+
+def test_work_dir_with_spaces_and_commas_works(inner):
+    weird = inner.path / "x y,z"
+    inner.suite(WEIRD_DIR_TEST)
+
+    r = inner.run(f"--qb-basetemp={weird}", "--qb-evidence=all")
+
+    assert r.ret == 0, r.stdout.str() + r.stderr.str()
+    r.assert_outcomes(passed=1)
+    r.stdout.re_match_lines([rf"qemublock: work dir {re.escape(str(weird))}/qb-main-\w+, .*"])
+    kept = inner.evidence / "test_suite.py__test_images_in_a_weird_dir"
+    commands = (kept / "commands.txt").read_text()
+    assert str(weird) in commands  # the command line really used that directory
+    assert os.listdir(weird) == []  # and the run cleaned up after itself

@@ -96,7 +96,8 @@ def socket_activation(argv: list[str], fd: int) -> list[str]:
     ``LISTEN_PID`` must be the server's own pid, unknown before fork; a tiny
     shell moves the fd and sets it, then execs the server in place.
     """
-    script = f'exec 3<&{fd} {fd}<&-; LISTEN_PID=$$ LISTEN_FDS=1 exec "$@"'
+    move = f"exec 3<&{fd} {fd}<&-; " if fd != 3 else ""  # "3<&3 3<&-" would close it
+    script = f'{move}LISTEN_PID=$$ LISTEN_FDS=1 exec "$@"'
     # bash, not dash: dash cannot redirect file descriptors above 9
     return ["bash", "-c", script, "bash", *argv]
 

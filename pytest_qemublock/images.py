@@ -6,6 +6,7 @@ on read-only storage can prove afterwards that not one byte was written.
 from __future__ import annotations
 
 import hashlib
+import shutil
 import json
 import subprocess
 import tomllib
@@ -65,10 +66,13 @@ class Image:
 class Tools:
     """qemu-img / qemu-io of one build, logged into the test's evidence."""
 
-    def __init__(self, build: QemuBuild, evidence: TestEvidence, timeouts: Timeouts) -> None:
+    def __init__(self, build: QemuBuild, evidence: TestEvidence, timeouts: Timeouts,
+                 template_dir: Path | None = None) -> None:
         self.build = build
         self.evidence = evidence
         self.timeouts = timeouts
+        #: where recipe images made by this build are kept for copying (per session)
+        self.template_dir = template_dir
 
     def run(self, role: str, *args: str | Path, check: bool = True,
             prefix: tuple[str, ...] = ()) -> subprocess.CompletedProcess[str]:
@@ -124,15 +128,60 @@ class ImageFactory:
         For a layered recipe, returns the top image (its ``backing`` chain
         holds the rest).
         """
+        base = name or recipe
+        template_dir = self.tools.template_dir
+        if template_dir is not None:
+            return self._copy_template(recipe, base, template_dir / recipe)
+        return self._build_recipe(recipe, base)
+
+    def _build_recipe(self, recipe: str, base: str) -> Image:
         r = load_recipes()[recipe]
         fmt, size = r["format"], r["size"]
-        base = name or recipe
         if "layers" not in r:
             return self.create(f"{base}.{_ext(fmt)}", fmt, size, patterns=_patterns(r))
         img: Image | None = None
         for layer in r["layers"]:
             img = self.create(f"{base}-{layer['name']}.{_ext(fmt)}", fmt, size, backing=img,
                               patterns=_patterns(layer))
+        assert img is not None
+        return img
+
+    def _copy_template(self, recipe: str, base: str, tdir: Path) -> Image:
+        # Building a recipe costs a qemu-img and a qemu-io run per layer; a
+        # copy of the session's first build of it costs well under 1 ms.
+        if not (tdir / ".complete").exists():
+            tdir.mkdir(parents=True, exist_ok=True)
+            plain = Tools(self.tools.build, self.tools.evidence, self.tools.timeouts)
+            ImageFactory(plain, tdir)._build_recipe(recipe, recipe)
+            (tdir / ".complete").touch()
+        template = ImageFactory(self.tools, tdir)._describe(recipe, recipe)
+        copies: dict[Path, Image] = {}
+        for layer in reversed(template.chain()):
+            dest = self.directory / (base + layer.path.name[len(recipe):])
+            shutil.copyfile(layer.path, dest)
+            copies[layer.path] = img = Image(dest, layer.fmt, layer.size,
+                                             copies.get(layer.backing.path) if layer.backing else None,
+                                             list(layer.patterns))
+            img.created_sha256 = img.sha256()
+        if template.backing is not None and base != recipe:
+            # The relative backing names in the headers are the template's; rename them.
+            for img in copies.values():
+                if img.backing is not None:
+                    self.tools.img("rebase", "-u", "-f", img.fmt, "-b", img.backing.path.name,
+                                   "-F", img.backing.fmt, img.path)
+                    img.created_sha256 = img.sha256()
+        return copies[template.path]
+
+    def _describe(self, recipe: str, base: str) -> Image:
+        """The Image objects of a recipe already built under *base* (no qemu-img runs)."""
+        r = load_recipes()[recipe]
+        fmt, size = r["format"], r["size"]
+        if "layers" not in r:
+            return Image(self.directory / f"{base}.{_ext(fmt)}", fmt, size, None, _patterns(r))
+        img: Image | None = None
+        for layer in r["layers"]:
+            img = Image(self.directory / f"{base}-{layer['name']}.{_ext(fmt)}", fmt, size, img,
+                        _patterns(layer))
         assert img is not None
         return img
 

@@ -261,7 +261,8 @@ def qemu(request: pytest.FixtureRequest, qemu_build: build_mod.QemuBuild, qemu_c
 def qemu_tools(qemu_build: build_mod.QemuBuild, qb_session: QemuBlockSession,
                qb_evidence: TestEvidence) -> Tools:
     """qemu-img / qemu-io of the build under test, logged into the evidence."""
-    return Tools(qemu_build, qb_evidence, qb_session.timeouts)
+    return Tools(qemu_build, qb_evidence, qb_session.timeouts,
+                 template_dir=qb_session.root / "templates" / qemu_build.name)
 
 
 @pytest.fixture

@@ -170,6 +170,16 @@ for _b in [FileBackend(), *_nbd_backends()]:
     register(_b)
 
 
+def describe_backends(build: QemuBuild) -> list[str]:
+    """One line per backend-storage pair: how to select it and whether it can run here."""
+    lines = [f"{'backend-storage':<28} {'driver':<7} status (build {build.name})"]
+    for name, b in REGISTRY.items():
+        for st in b.storages:
+            reason = b.unavailable(build, st)
+            lines.append(f"{name + '-' + st:<28} {b.driver:<7} {'ok' if reason is None else 'skipped: ' + reason}")
+    return lines
+
+
 class Provisioner:
     """Per-test owner of storages and servers created for targets."""
 

@@ -63,6 +63,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--backend", action="append", metavar="GLOB[,GLOB]",
                     help="run only these backends, e.g. 'file', 'nbd-*', 'file-erofs' "
                          "(repeatable; see --qb-list-backends)")
+    group.addoption("--qb-list-backends", action="store_true",
+                    help="list the backends, their storages and whether this host can run them, then exit")
     group.addoption("--format", action="append", metavar="FMT[,FMT]",
                     help="run only these image formats (raw, qcow2, chain, proto)")
     group.addoption("--interface", action="append", metavar="IFACE[,IFACE]",
@@ -128,6 +130,25 @@ def _empty(directory: Path) -> None:
             shutil.rmtree(child, ignore_errors=True)
         else:
             child.unlink(missing_ok=True)
+
+
+def pytest_cmdline_main(config: pytest.Config) -> int | None:
+    if not config.option.qb_list_backends:
+        return None
+    from .backends import describe_backends
+
+    config._do_configure()
+    try:
+        session = config.stash[SESSION_KEY]
+        try:
+            build = session.builds[0]
+        except BuildError as e:
+            raise pytest.UsageError(f"qemublock: {e}") from None
+        for line in describe_backends(build):
+            print(line)
+    finally:
+        config._ensure_unconfigure()
+    return 0
 
 
 def pytest_report_header(config: pytest.Config) -> list[str]:

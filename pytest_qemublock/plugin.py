@@ -1,7 +1,6 @@
 """pytest entry point: options, hooks and fixtures. Logic lives in the modules."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
 
@@ -79,36 +78,14 @@ def pytest_configure(config: pytest.Config) -> None:
         config.addinivalue_line("markers", f"{marker}: {text}")
     for name, text in matrix.iter_scenarios():
         config.addinivalue_line("markers", f"{name}: scenario: {text}")
-    opt = config.getoption
-    worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
-    factor = opt("--qb-timeout-factor") or float(config.getini("qb_timeout_factor") or 1.0)
-    evidence_dir = Path(opt("--qb-evidence-dir") or config.rootpath / "qemublock-evidence")
-
-    def default_build() -> build_mod.QemuBuild:
-        return build_mod.resolve_default_build(
-            lambda o: opt(o), lambda i: config.getini(i) or None,
-            opt("--qemu-build-dir") or config.getini("qemu_build_dir") or None)
-
-    settings = Settings(
-        build_specs=list(opt("--qemu-build")),
-        default_build=default_build,
-        timeout_factor=factor,
-        basetemp=opt("--qb-basetemp"),
-        evidence_dir=evidence_dir,
-        retention=opt("--qb-evidence"),
-        # -p no:cacheprovider leaves no config.cache attribute at all
-        cache_dir=(Path(config.cache.mkdir("qemublock")) if getattr(config, "cache", None)
-                   else evidence_dir / ".cache"),
-        worker_id=worker.replace("gw", "w"),
-        keep_workdirs=opt("--qb-keep-workdirs"),
-    )
     if config.option.help or config.option.version:
         return
+    settings = Settings.from_config(config)
     session = QemuBlockSession(settings)
     config.stash[SESSION_KEY] = session
     config.pluginmanager.register(report.MatrixReport(config), "qemublock-report")
-    if worker == "main" and settings.retention != "none" and evidence_dir.is_dir():
-        _empty(evidence_dir)
+    if settings.worker_id == "main" and settings.retention != "none" and settings.evidence_dir.is_dir():
+        _empty(settings.evidence_dir)
     if _wanted(config):
         try:
             session.builds

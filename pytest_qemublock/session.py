@@ -12,13 +12,16 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from .build import QemuBuild, resolve_builds, resolve_default_build
 from .errors import BuildError
 from .machine import Timeouts
 from .probe import Capabilities, load_capabilities
 from .process import ProcessRegistry, reap_stale
+
+if TYPE_CHECKING:
+    import pytest
 
 # AF_UNIX paths are limited to 108 bytes; leave room for socket names.
 MAX_SOCKET_DIR = 80
@@ -37,6 +40,32 @@ class Settings:
     cache_dir: Path
     worker_id: str
     keep_workdirs: bool = False
+
+    @classmethod
+    def from_config(cls, config: "pytest.Config") -> "Settings":
+        """Options, then ini, then defaults; xdist workers get their own worker id."""
+        opt = config.getoption
+        worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
+        factor = opt("--qb-timeout-factor") or float(config.getini("qb_timeout_factor") or 1.0)
+        evidence_dir = Path(opt("--qb-evidence-dir") or config.rootpath / "qemublock-evidence")
+
+        def default_build() -> QemuBuild:
+            return resolve_default_build(
+                lambda o: opt(o), lambda i: config.getini(i) or None,
+                opt("--qemu-build-dir") or config.getini("qemu_build_dir") or None)
+
+        cache = getattr(config, "cache", None)  # absent with -p no:cacheprovider
+        return cls(
+            build_specs=list(opt("--qemu-build")),
+            default_build=default_build,
+            timeout_factor=factor,
+            basetemp=opt("--qb-basetemp"),
+            evidence_dir=evidence_dir,
+            retention=opt("--qb-evidence"),
+            cache_dir=Path(cache.mkdir("qemublock")) if cache else evidence_dir / ".cache",
+            worker_id=worker.replace("gw", "w"),
+            keep_workdirs=opt("--qb-keep-workdirs"),
+        )
 
 
 class QemuBlockSession:

@@ -69,7 +69,7 @@ class QemuFactory:
                     wrapper=wrapper, name=self._name(name))
         self.instances.append(vm)
         self.evidence.add_snapshot(lambda vm=vm: (f"{vm.name}-nodes", vm.qmp.try_execute(
-            "query-named-block-nodes", timeout=5) if vm.alive() else "process gone"))
+            "query-named-block-nodes", timeout=self.timeouts.shutdown) if vm.alive() else "process gone"))
         return vm
 
     def shutdown_all(self) -> list[str]:

@@ -52,8 +52,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="keep command lines, process output and QMP transcripts of "
                          "failed tests (default), all tests, or none")
     group.addoption("--qb-evidence-dir", metavar="DIR", default=None,
-                    help="where kept evidence goes (default: <rootdir>/qemublock-evidence, "
-                         "emptied at the start of each run)")
+                    help="where kept evidence goes (default: <rootdir>/qemublock-evidence; the "
+                         "first test of a run that keeps evidence clears the previous run's)")
     group.addoption("--qb-basetemp", metavar="DIR", default=None,
                     help="directory for images and work files (default: a fresh /tmp/qb-* "
                          "per pytest process); spaces and commas are fine")
@@ -84,8 +84,6 @@ def pytest_configure(config: pytest.Config) -> None:
     session = QemuBlockSession(settings)
     config.stash[SESSION_KEY] = session
     config.pluginmanager.register(report.MatrixReport(config), "qemublock-report")
-    if settings.worker_id == "main" and settings.retention != "none" and settings.evidence_dir.is_dir():
-        _empty(settings.evidence_dir)
     if _wanted(config):
         try:
             session.builds
@@ -97,16 +95,6 @@ def _wanted(config: pytest.Config) -> bool:
     opt = config.getoption
     return bool(config.getini("qemublock") or opt("--qemu-build") or opt("--qemu-build-dir")
                 or any(opt(s.option) for s in build_mod.BINARIES))
-
-
-def _empty(directory: Path) -> None:
-    import shutil
-
-    for child in directory.iterdir():
-        if child.is_dir():
-            shutil.rmtree(child, ignore_errors=True)
-        else:
-            child.unlink(missing_ok=True)
 
 
 def pytest_cmdline_main(config: pytest.Config) -> int | None:
@@ -236,7 +224,7 @@ def qb_evidence(request: pytest.FixtureRequest, qb_session: QemuBlockSession) ->
     settings = qb_session.settings
     failed = request.node.stash.get(FAILED_KEY, False)
     if settings.retention == "all" or (failed and settings.retention == "failed"):
-        evidence.keep(settings.evidence_dir / safe_name(request.node.nodeid))
+        evidence.keep(qb_session.evidence_root() / safe_name(request.node.nodeid))
     if not settings.keep_workdirs:
         request.node.stash[WORKDIR_KEY] = workdir
 

@@ -7,9 +7,11 @@ nothing and needs no QEMU installed.
 """
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
 import tempfile
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
@@ -40,12 +42,17 @@ class Settings:
     cache_dir: Path
     worker_id: str
     keep_workdirs: bool = False
+    #: one id per pytest run, the same on every xdist worker
+    run_uid: str = ""
 
     @classmethod
     def from_config(cls, config: "pytest.Config") -> "Settings":
         """Options, then ini, then defaults; xdist workers get their own worker id."""
         opt = config.getoption
-        worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
+        # workerinput, not $PYTEST_XDIST_WORKER: a pytest started *from* a
+        # worker (pytester) inherits the variable but is no worker itself.
+        workerinput = getattr(config, "workerinput", None) or {}
+        worker = workerinput.get("workerid", "main")
         factor = opt("--qb-timeout-factor") or float(config.getini("qb_timeout_factor") or 1.0)
         evidence_dir = Path(opt("--qb-evidence-dir") or config.rootpath / "qemublock-evidence")
 
@@ -65,6 +72,7 @@ class Settings:
             cache_dir=Path(cache.mkdir("qemublock")) if cache else evidence_dir / ".cache",
             worker_id=worker.replace("gw", "w"),
             keep_workdirs=opt("--qb-keep-workdirs"),
+            run_uid=workerinput.get("testrunuid") or uuid.uuid4().hex,
         )
 
 
@@ -150,6 +158,31 @@ class QemuBlockSession:
         d.mkdir(mode=0o755)
         (d / "label").write_text(label + "\n")
         return d
+
+    def evidence_root(self) -> Path:
+        """The evidence directory, emptied of older runs' evidence on first use.
+
+        Emptied lazily, by whichever process keeps evidence first in this run
+        (under a lock; xdist workers share the run id), so a run that keeps
+        nothing leaves the last run's evidence alone.
+        """
+        root = self.settings.evidence_dir
+        root.mkdir(parents=True, exist_ok=True)
+        marker = root / f".run-{self.settings.run_uid}"
+        if marker.exists():
+            return root
+        with open(root / ".lock", "a+") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            if not marker.exists():
+                for child in root.iterdir():
+                    if child.name == ".lock":
+                        continue
+                    if child.is_dir():
+                        shutil.rmtree(child, ignore_errors=True)
+                    else:
+                        child.unlink(missing_ok=True)
+                marker.touch()
+        return root
 
     # -- teardown -------------------------------------------------------------------
     def close(self) -> list[str]:

@@ -37,8 +37,8 @@ def test_failed_test_keeps_full_evidence(inner):
 
     assert r.ret == pytest.ExitCode.TESTS_FAILED
     r.assert_outcomes(passed=1, failed=1)
-    assert not stale.exists(), "the evidence dir is emptied at the start of a run"
-    assert sorted(p.name for p in inner.evidence.iterdir()) == [FAILED_DIR]
+    assert not stale.exists(), "a run that keeps evidence first empties the older runs' evidence"
+    assert sorted(p.name for p in inner.evidence.iterdir() if not p.name.startswith(".")) == [FAILED_DIR]
     d = inner.evidence / FAILED_DIR
 
     commands = (d / "commands.txt").read_text()
@@ -87,7 +87,7 @@ def test_retention_none_keeps_nothing(inner):
     r = inner.run("--qb-evidence=none")
 
     r.assert_outcomes(passed=1, failed=1)
-    assert not inner.evidence.exists() or list(inner.evidence.iterdir()) == []
+    assert not inner.evidence.exists() or [p for p in inner.evidence.iterdir() if not p.name.startswith(".")] == []
     r.stdout.fnmatch_lines(["*- qemublock evidence -*", "QMP qmp-qemu.jsonl (last * of *):"])
     assert "full evidence:" not in r.stdout.str()
 
@@ -98,13 +98,25 @@ def test_retention_all_keeps_passing_tests_too(inner):
     r = inner.run("--qb-evidence=all")
 
     r.assert_outcomes(passed=1, failed=1)
-    assert sorted(p.name for p in inner.evidence.iterdir()) == [PASSED_DIR, FAILED_DIR]
+    assert sorted(p.name for p in inner.evidence.iterdir() if not p.name.startswith(".")) == [PASSED_DIR, FAILED_DIR]
     passed = inner.evidence / PASSED_DIR
     assert "-blockdev" in (passed / "commands.txt").read_text()
     lines = (passed / "qmp-qemu.jsonl").read_text().splitlines()
     assert any('"dir": ">"' in line for line in lines) and any('"dir": "<"' in line for line in lines)
     assert not list(passed.glob("*-nodes.json")), "snapshots are taken for failures only"
     assert r.stdout.str().count("- qemublock evidence -") == 1
+
+
+def test_run_keeping_nothing_leaves_older_evidence(inner):
+    """`pytest tests` or an all-green run must not wipe the last failing run's evidence."""
+    inner.suite(FAILING_SUITE)
+    older = inner.evidence / "from-the-last-failing-run"
+    older.mkdir(parents=True)
+
+    r = inner.run("-k", "test_passes")
+
+    r.assert_outcomes(passed=1)
+    assert older.is_dir(), "evidence of an earlier run was deleted by a run that kept nothing"
 
 
 def test_evidence_dir_option(inner):

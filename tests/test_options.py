@@ -169,7 +169,8 @@ def test_two_builds_parametrize_every_test(inner, qemu10):
 
 def test_help_lists_the_group_and_never_validates(inner):
     inner.ini()  # qemublock = true: start-up validation would normally run
-    r = inner.run("--help", "--qemu-img=/nonexistent", "--qemu-build-dir=/nonexistent", basetemp=False)
+    # --help last: pytest stops parsing the command line at --help
+    r = inner.run("--qemu-img=/nonexistent", "--qemu-build-dir=/nonexistent", "--help", basetemp=False)
 
     assert r.ret == 0, r.stdout.str() + r.stderr.str()
     assert r.errlines == []
@@ -185,8 +186,10 @@ def test_help_lists_the_group_and_never_validates(inner):
     assert re.search(r"^  qemublock \(bool\):", text, re.M)
     assert "does not exist" not in text
 
-    r = inner.run("--version", "--qemu-img=/nonexistent", basetemp=False)
+    # a single --version never loads plugins; twice, it configures them
+    r = inner.run("--qemu-img=/nonexistent", "--version", "--version", basetemp=False)
     assert r.ret == 0, r.stdout.str() + r.stderr.str()
+    r.stdout.fnmatch_lines(["*registered third-party plugins:", "*pytest-qemublock-0.1.0*"])
     assert "does not exist" not in r.stdout.str() + r.stderr.str()
 
 

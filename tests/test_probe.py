@@ -5,8 +5,7 @@ import json
 import os
 import re
 import subprocess
-
-import pytest
+from pathlib import Path
 
 from helpers import REAL, link_dir, write_script
 
@@ -23,7 +22,7 @@ def test_dump_caps(qemu_caps):
 '''
 
 
-def _counting_system(inner) -> tuple[str, "os.PathLike[str]"]:
+def _counting_system(inner) -> tuple[str, Path]:
     """A qemu-system-x86_64 that logs each invocation, then execs the real one."""
     log = inner.path / "launches.log"
     script = write_script(inner.path / "counting" / "qemu-system-x86_64", f"""

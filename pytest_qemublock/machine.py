@@ -9,9 +9,7 @@ stderr.
 """
 from __future__ import annotations
 
-import contextlib
 import socket
-import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -103,8 +101,7 @@ class QemuInstance:
         except (ConnectionError, EOFError, OSError, QmpTimeout) as e:
             if not isinstance(e, QmpTimeout):
                 # QMP hangs up a moment before the exit status can be collected
-                with contextlib.suppress(subprocess.TimeoutExpired):
-                    self.proc.popen.wait(2.0)
+                self.proc.wait_exit(2.0)
             if not self.proc.alive():
                 raise ProcessError(
                     f"{self.name} died: {describe_status(self.proc.returncode)} (during {args[0]!s})\n"

@@ -96,49 +96,76 @@ class ManagedProcess:
     def pid(self) -> int:
         return self.popen.pid
 
+    # The leader's pid is the group id. Once the leader is reaped the pid can
+    # be reused (pid_max is often 32768), and killpg() would hit a stranger's
+    # process group. So exits are detected with WNOWAIT, the group is killed
+    # while the leader is still a zombie, and only then is it reaped.
+
     @property
     def returncode(self) -> int | None:
-        return self.popen.poll()
+        if self._exited():
+            return self._reap()
+        return None
 
     def alive(self) -> bool:
-        return self.popen.poll() is None
+        return self.returncode is None
+
+    def _exited(self) -> bool:
+        if self.popen.returncode is not None:
+            return True
+        try:
+            info = os.waitid(os.P_PID, self.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+        except ChildProcessError:  # reaped behind our back (Popen internals)
+            return True
+        return info is not None
+
+    def _reap(self) -> int:
+        if self.popen.returncode is None:
+            self._signal_group(signal.SIGKILL)  # leftovers of wrappers; pid still ours
+        return self.popen.wait()
+
+    def wait_exit(self, timeout: float) -> bool:
+        """Wait up to *timeout* s for the process to exit, without reaping it."""
+        deadline = time.monotonic() + timeout
+        delay = 0.001
+        while not self._exited():
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(delay)
+            delay = min(delay * 2, 0.02)
+        return True
 
     def wait(self, timeout: float) -> int:
         """Wait for exit; raises :class:`ProcessError` after *timeout* seconds."""
-        try:
-            return self.popen.wait(timeout)
-        except subprocess.TimeoutExpired:
+        if not self.wait_exit(timeout):
             raise ProcessError(
                 f"{self.name} (pid {self.pid}) did not exit within {timeout:.1f}s: "
                 f"{format_argv(self.argv)}"
-            ) from None
+            )
+        return self._reap()
 
     def stop(self, timeout: float = 5.0) -> int:
         """SIGTERM the process group, then SIGKILL it. Always reaps the child."""
         self.stop_expected = True
-        if self.popen.poll() is None:
+        if not self._exited():
             self._signal_group(signal.SIGTERM)
-            try:
-                self.popen.wait(timeout)
-            except subprocess.TimeoutExpired:
-                pass
-        # Kill the group even when the leader is gone: a wrapper (sh, nsenter)
-        # may have left children behind.
-        self._signal_group(signal.SIGKILL)
-        try:
-            return self.popen.wait(timeout)
-        except subprocess.TimeoutExpired:  # pragma: no cover - unkillable (D state)
-            raise ProcessError(f"{self.name} (pid {self.pid}) survived SIGKILL") from None
+            if not self.wait_exit(timeout):
+                self._signal_group(signal.SIGKILL)
+                if not self.wait_exit(timeout):  # pragma: no cover - unkillable (D state)
+                    raise ProcessError(f"{self.name} (pid {self.pid}) survived SIGKILL")
+        return self._reap()
 
     def kill(self) -> None:
         self.stop_expected = True
-        self._signal_group(signal.SIGKILL)
-        try:
-            self.popen.wait(5)
-        except subprocess.TimeoutExpired:  # pragma: no cover
-            pass
+        if not self._exited():
+            self._signal_group(signal.SIGKILL)
+            self.wait_exit(5)
+        if self._exited():
+            self._reap()
 
     def _signal_group(self, sig: int) -> None:
+        if self.popen.returncode is not None:
+            return  # reaped: the pid may belong to someone else by now
         try:
             os.killpg(self.pid, sig)
         except (ProcessLookupError, PermissionError):

@@ -1,0 +1,47 @@
+"""The process registry never signals a process group it no longer owns."""
+from __future__ import annotations
+
+import os
+import signal
+
+from pytest_qemublock.process import ProcessRegistry
+
+
+def test_no_killpg_after_the_leader_was_reaped(tmp_path, monkeypatch):
+    """pid_max is often 32768: a reaped leader's pid (= its group id) is soon
+    someone else's. Stopping, killing or kill_all() after the exit must not
+    signal that group."""
+    reg = ProcessRegistry(tmp_path / "state.json")
+    proc = reg.spawn(["true"], name="short", log_dir=tmp_path)
+    assert proc.wait(10) == 0
+    calls = []
+    monkeypatch.setattr(os, "killpg", lambda pid, sig: calls.append((pid, sig)))
+    proc.stop()
+    proc.kill()
+    reg.kill_all()
+    assert calls == [], f"signalled a reaped process group: {calls}"
+
+
+def test_exit_is_seen_without_reaping_until_the_group_is_killed(tmp_path):
+    """alive() notices the exit, and the group (a wrapper's child here) dies before the reap."""
+    reg = ProcessRegistry(tmp_path / "state.json")
+    # The shell exits at once, leaving its background child in the group.
+    proc = reg.spawn(["sh", "-c", "sleep 60 & echo $! > child; exit 3"], name="wrapper",
+                     log_dir=tmp_path, cwd=tmp_path)
+    assert proc.wait_exit(10)
+    child = int((tmp_path / "child").read_text())
+    assert proc.returncode == 3
+    # The child was killed with the group while the leader was still a zombie.
+    for _ in range(200):
+        try:
+            os.kill(child, 0)
+        except ProcessLookupError:
+            break
+        with open(f"/proc/{child}/stat") as f:
+            if f.read().rsplit(")", 1)[1].split()[0] == "Z":
+                break
+        os.sched_yield()
+    else:
+        os.kill(child, signal.SIGKILL)
+        raise AssertionError("the wrapper's child outlived its process group")
+    reg.kill_all()

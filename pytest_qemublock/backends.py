@@ -17,7 +17,7 @@ from .errors import ServerError, StorageUnavailable
 from .images import Image, ImageFactory, Tools
 from .machine import Wrapper
 from .servers.base import Server, ServerContext
-from .storage import Storage, make_storage, unavailable_reason
+from .storage import Storage, make_storage, unavailable_reason, unprivileged_cannot_reach
 
 #: storage kinds: "rw" is writable; every other kind refuses writes
 READONLY_KINDS = ("ro", "erofs", "eacces")
@@ -68,6 +68,10 @@ class Backend:
     name = ""
     driver = ""
     storages: tuple[str, ...] = ()
+    #: a read-write open of its read-only storages degrades to read-only under
+    #: auto-read-only=on (False: the driver has no such fallback, e.g. block/ssh.c),
+    #: static so that suites can select their cases at collection time
+    degrades = True
 
     def unavailable(self, build: QemuBuild, storage: str) -> str | None:
         """Why this backend cannot run here (a skip reason that says what to install)."""
@@ -83,7 +87,10 @@ class FileBackend(Backend):
     storages = ("rw", "erofs", "eacces")
 
     def unavailable(self, build: QemuBuild, storage: str) -> str | None:
-        return unavailable_reason(storage)
+        reason = unavailable_reason(storage)
+        if reason is None and storage == "eacces":
+            reason = unprivileged_cannot_reach(build.path("system"), executable=True)
+        return reason
 
     def provide(self, ctx: "Provisioner", recipe: str, storage: str) -> Target:
         st = ctx.storage(storage)
@@ -192,6 +199,9 @@ class Provisioner:
         self._make_storage = make_storage_fn
         self.storages: dict[str, Storage] = {}
         self.servers: list[Server] = []
+        #: probed Capabilities of the build (set by the ``targets`` fixture), for
+        #: backends whose QEMU driver is a loadable module (http, ssh, iscsi)
+        self.caps: Any = None
 
     def storage(self, kind: str) -> Storage:
         if kind not in self.storages:
@@ -241,3 +251,119 @@ def new_provisioner(build: QemuBuild, accel: str, tools: Tools, server_ctx: Serv
         return make_storage(kind, workdir / f"st-{kind}", reg, ev, timeouts)
 
     return Provisioner(build, accel, tools, server_ctx, mk)
+
+
+# -- http (nginx), ssh (sshd), iscsi (tgtd) ------------------------------------------
+# Debian builds these QEMU drivers as modules (package qemu-block-extra); a
+# build whose module does not load skips them, as probed (probe.MODULE_DRIVERS).
+
+
+def _skip_unless_driver_loads(ctx: Provisioner, driver: str) -> None:
+    import pytest
+
+    caps = ctx.caps
+    if caps is not None and not caps.driver_loads(driver):
+        pytest.skip(f"build {ctx.build.name}: QEMU's {driver} driver does not load "
+                    f"({caps.driver_errors.get(driver, 'not probed')}); install qemu-block-extra")
+
+
+def _server_started(name: str, start: Callable[[], Any]) -> Any:
+    try:
+        return start()
+    except ServerError as e:
+        raise AssertionError(f"{name}: server did not start: {e}") from None
+
+
+def _needs_root(what: str) -> str | None:
+    import os
+
+    if os.geteuid() != 0:
+        return f"{what} needs root (its server runs in a private mount namespace)"
+    return None
+
+
+class HttpBackend(Backend):
+    """nginx serving the image; QEMU's curl driver. HTTP has no writes: storage "ro" only."""
+
+    name = "http"
+    driver = "http"
+    storages = ("ro",)
+
+    def unavailable(self, build: QemuBuild, storage: str) -> str | None:
+        from .servers.http import NGINX_PACKAGE, nginx_binary
+
+        if nginx_binary() is None:
+            return f"nginx is not installed (Debian package {NGINX_PACKAGE})"
+        return None
+
+    def provide(self, ctx: Provisioner, recipe: str, storage: str) -> Target:
+        from .servers.http import start_nginx
+
+        _skip_unless_driver_loads(ctx, self.driver)
+        st = ctx.storage("rw")
+        img = ImageFactory(ctx.tools, st.directory).from_recipe(recipe)
+        server = _server_started(self.name, lambda: start_nginx(ctx.server_ctx, st.directory, img.path))
+        ctx.servers.append(server)
+        return Target(self.name, storage, self.driver, img, server.blockdev_options(img.path),
+                      server=server, drive_file=server.url(img.path))
+
+
+class SshBackend(Backend):
+    """sshd + ssh-agent; "ro" serves sftp with ``internal-sftp -R``."""
+
+    name = "ssh"
+    driver = "ssh"
+    storages = ("rw", "ro")
+    degrades = False  # block/ssh.c opens O_RDWR and fails: no auto-read-only fallback
+
+    def unavailable(self, build: QemuBuild, storage: str) -> str | None:
+        from .servers.ssh import SSH_PACKAGE, missing_tools
+
+        missing = missing_tools()
+        if missing:
+            return (f"ssh backend needs {', '.join(missing)} (Debian packages {SSH_PACKAGE}, "
+                    f"openssh-client, util-linux)")
+        return _needs_root("ssh backend")
+
+    def provide(self, ctx: Provisioner, recipe: str, storage: str) -> Target:
+        from .servers.ssh import start_sshd
+
+        _skip_unless_driver_loads(ctx, self.driver)
+        st = ctx.storage("rw")
+        img = ImageFactory(ctx.tools, st.directory).from_recipe(recipe)
+        server = _server_started(self.name, lambda: start_sshd(ctx.server_ctx, readonly=(storage == "ro")))
+        ctx.servers.append(server)
+        return Target(self.name, storage, self.driver, img, server.blockdev_options(img.path),
+                      wrapper=server.wrapper, server=server, drive_file=server.uri(img.path))
+
+
+class IscsiBackend(Backend):
+    """tgtd exporting the image as LUN 1; "ro" is a ``readonly=1`` (write-protected) LUN."""
+
+    name = "iscsi"
+    driver = "iscsi"
+    storages = ("rw", "ro")
+
+    def unavailable(self, build: QemuBuild, storage: str) -> str | None:
+        from .servers.iscsi import TGT_PACKAGE, missing_tools
+
+        missing = missing_tools()
+        if missing:
+            return f"iscsi backend needs {', '.join(missing)} (Debian packages {TGT_PACKAGE}, util-linux)"
+        return _needs_root("iscsi backend")
+
+    def provide(self, ctx: Provisioner, recipe: str, storage: str) -> Target:
+        from .servers.iscsi import start_tgtd
+
+        _skip_unless_driver_loads(ctx, self.driver)
+        st = ctx.storage("rw")
+        img = ImageFactory(ctx.tools, st.directory).from_recipe(recipe)
+        server = _server_started(self.name, lambda: start_tgtd(ctx.server_ctx, img.path,
+                                                                readonly=(storage == "ro")))
+        ctx.servers.append(server)
+        return Target(self.name, storage, self.driver, img, server.blockdev_options(),
+                      server=server, drive_file=server.uri())
+
+
+for _b in [HttpBackend(), SshBackend(), IscsiBackend()]:
+    register(_b)

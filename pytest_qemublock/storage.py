@@ -148,6 +148,9 @@ class EaccesStorage(Storage):
 
     def __init__(self, workdir: Path) -> None:
         super().__init__(workdir)
+        reason = unprivileged_cannot_reach(self.directory)
+        if reason:
+            raise StorageUnavailable(reason)
         self.make_readonly()
 
     @property
@@ -194,6 +197,24 @@ def unavailable_reason(kind: str) -> str | None:
             return "eacces storage needs root to run QEMU as another uid (setpriv --reuid)"
         return None
     return f"unknown storage kind {kind!r}"
+
+
+@functools.lru_cache(maxsize=64)
+def unprivileged_cannot_reach(path: Path, executable: bool = False) -> str | None:
+    """Why uid 65534 cannot reach *path* (None if it can), found by trying it.
+
+    An eacces QEMU runs as that uid: its binary and the image directory
+    must be reachable through world-searchable parents.
+    """
+    # Run the binary itself: access(2) and execve(2) disagree in some sandboxes.
+    probe = [str(path), "--version"] if executable else ["test", "-r", str(path)]
+    res = run(["setpriv", f"--reuid={UNPRIVILEGED}", f"--regid={UNPRIVILEGED}", "--clear-groups",
+               "--", *probe], timeout=20)
+    if res.returncode == 0:
+        return None
+    return (f"eacces storage runs QEMU as uid {UNPRIVILEGED}, which cannot reach {path} "
+            "(a parent directory is not world-searchable): use a --qb-basetemp / build "
+            "directory below a world-searchable path such as /tmp or /var/cache")
 
 
 def make_storage(kind: str, workdir: Path, registry: ProcessRegistry, evidence: TestEvidence,

@@ -3,7 +3,10 @@
 # directory, without installing anything system-wide.
 #
 # Usage: scripts/fetch-qemu-build.sh [DEST]
-#   DEST defaults to ${QEMUBLOCK_CACHE:-$HOME/.cache/pytest-qemublock}/qemu-10.0
+#   DEST defaults to $QEMUBLOCK_CACHE/qemu-10.0; QEMUBLOCK_CACHE defaults to
+#   /var/cache/pytest-qemublock for root (the eacces storage runs QEMU as uid
+#   65534, which cannot reach binaries below root's 0700 home) and to
+#   ~/.cache/pytest-qemublock for everybody else.
 #
 # Environment:
 #   QEMU_BACKPORTS_VERSION  exact Debian version to fetch (e.g.
@@ -44,7 +47,9 @@ log() {
     printf '%s: %s\n' "$prog" "$*" >&2
 }
 
-dest=${1:-${QEMUBLOCK_CACHE:-$HOME/.cache/pytest-qemublock}/qemu-10.0}
+if [[ $(id -u) -eq 0 ]]; then default_cache=/var/cache/pytest-qemublock
+else default_cache=$HOME/.cache/pytest-qemublock; fi
+dest=${1:-${QEMUBLOCK_CACHE:-$default_cache}/qemu-10.0}
 # Strip trailing slashes so "$dest.tmp.$$" is a sibling, not a child: the final
 # rename is only atomic within one file system.
 while [[ $dest == */ && $dest != / ]]; do dest=${dest%/}; done

@@ -3,7 +3,7 @@
 #
 #   bash scripts/setup.sh            apt packages, .venv with the plugin installed
 #   bash scripts/setup.sh --qemu-10  also fetch QEMU 10.0 (bookworm-backports) into
-#                                    ~/.cache/pytest-qemublock/qemu-10.0, not installed
+#                                    /var/cache/pytest-qemublock/qemu-10.0, not installed
 #
 # Idempotent: a second run only checks. Nothing is started; fixtures start and
 # stop every server themselves.

@@ -31,7 +31,7 @@ LEAKY_ENV = tuple(b.env for b in BINARIES) + (
 )
 
 #: the QEMU 10.0 build unpacked by scripts/fetch-qemu-build.sh
-QEMU10_DIR = Path(os.environ.get("QB_TEST_QEMU10", "/root/.cache/pytest-qemublock/qemu-10.0"))
+QEMU10_DIR = Path(os.environ.get("QB_TEST_QEMU10", "/var/cache/pytest-qemublock/qemu-10.0"))
 
 #: the installed QEMU (Debian's 7.2), one path per role
 REAL = {spec.role: shutil.which(spec.filename) for spec in BINARIES}

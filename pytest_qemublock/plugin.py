@@ -269,6 +269,7 @@ def targets(qemu_build: build_mod.QemuBuild, qemu_caps, qb_session: QemuBlockSes
     ctx = ServerContext(qemu_build, qb_session.registry, qb_evidence, qb_session.timeouts,
                         qb_session.sockdir)
     prov = new_provisioner(qemu_build, qemu_caps.accel, qemu_tools, ctx)
+    prov.caps = qemu_caps  # backends whose driver is a module skip if it does not load
     yield prov
     problems = prov.close()
     if problems:

@@ -5,6 +5,11 @@ from ..backends import Target
 from ..matrix import Case
 from ..probe import Capabilities
 from . import NBD_RO_EXPORT, NODE_IS_READ_ONLY, O_RDONLY, O_RDWR, Expect, dynamic, open_failed
+from . import protocols
+
+#: where each protocol driver refuses a read-write open (see protocols.py)
+_REFUSED_IN = {"nbd": "block/nbd.c", "http": "block/curl.c curl_open",
+               "iscsi": "block/iscsi.c iscsi_open", "ssh": "block/ssh.c connect_to_ssh"}
 
 
 def effective_aro(case: Case) -> bool:
@@ -48,16 +53,23 @@ def expect_open(case: Case, target: Target, caps: Capabilities) -> Expect:
 
     # Read-only storage, read-write requested.
     if not aro:
-        err = open_failed(target) if file else NBD_RO_EXPORT
-        return Expect(False, error=err, because=f"{opts}: storage refuses writes, no auto-read-only")
+        err = open_failed(target) if file else (protocols.refused_open(target) or NBD_RO_EXPORT)
+        where = f" ({_REFUSED_IN[target.driver]})" if target.driver in _REFUSED_IN else ""
+        return Expect(False, error=err,
+                      because=f"{opts}: storage refuses writes, no auto-read-only{where}")
+    if not protocols.honours_auto_read_only(target):
+        return Expect(False, error=protocols.refused_open(target),
+                      because=f"{opts}: the {target.driver} driver has no auto-read-only fallback: "
+                              f"it opens the remote file O_RDWR and the server refuses "
+                              f"({_REFUSED_IN.get(target.driver, target.driver)}; behaviour.md §1.3)")
     if fmt:
         if file:
             return Expect(False, error=open_failed(target),
                           because=f"{opts}: auto-read-only cannot help a read-write format node: "
                                   "it needs WRITE on its file, which the storage refuses (§1.2)")
         return Expect(False, error=NODE_IS_READ_ONLY,
-                      because=f"{opts}: the nbd child degrades to ro=true, the read-write format "
-                              "node on top cannot get WRITE (block.c bdrv_node_refresh_perm)")
+                      because=f"{opts}: the {target.driver} child degrades to ro=true, the read-write "
+                              "format node on top cannot get WRITE (block.c bdrv_node_refresh_perm)")
     if file:
         if dynamic(caps):
             return Expect(True, ro={"n0": False}, fd=O_RDONLY,
@@ -66,4 +78,5 @@ def expect_open(case: Case, target: Target, caps: Capabilities) -> Expect:
         return Expect(True, ro={"n0": True}, fd=O_RDONLY,
                       because=f"{opts}: degrades to ro=true (pre-4.0 file-posix)")
     return Expect(True, ro={"n0": True},
-                  because=f"{opts}: degrades; the nbd node shows ro=true (bdrv_apply_auto_read_only)")
+                  because=f"{opts}: degrades; the {target.driver} node shows ro=true "
+                          f"(bdrv_apply_auto_read_only in {_REFUSED_IN.get(target.driver, target.driver)})")

@@ -70,3 +70,22 @@ def known_bug(scenario: str, case_id: str) -> str | None:
 
 
 from .open import effective_aro, expect_open  # noqa: E402  (re-exported for suites)
+
+# -- reopen scenario (expectations/reopen.py) ----------------------------------------
+KNOWN_BUGS.append((
+    "reopen", r"^file-rw-proto-ro_off-aro_off-same_options_then_ro$",
+    "QEMU bug (behaviour.md S5(b), RESULTS.md D2; 7.2.22 and 10.0.2): after a blockdev-reopen "
+    "that keeps file-posix's fd, blockdev-reopen read-only=true reports ro=true but keeps the "
+    "O_RDWR fd (a direct reopen read-only=true gives O_RDONLY). Same root cause as the dynamic "
+    "scenario's stale open_flags entry: raw_reopen_commit() copies open_flags that "
+    "raw_reopen_prepare() no longer fills in (since 72373e40fb, v6.1)"))
+KNOWN_BUGS.append((
+    "reopen", r"^empty_options_list$",
+    "QEMU bug candidate (found by suites/test_reopen.py; 7.2.22 and 10.0.2): blockdev-reopen with "
+    "options=[] aborts QEMU: block.c bdrv_reopen_multiple: Assertion `bs_queue != NULL' failed "
+    "(qmp_blockdev_reopen passes the empty queue on)"))
+
+# -- dynamic and jobs scenarios: their modules add their own KNOWN_BUGS entries ----------
+# (dynamic_aro, not dynamic: that name is the capability function above)
+from . import dynamic_aro as _dynamic_aro  # noqa: E402,F401
+from . import jobs as _jobs  # noqa: E402,F401

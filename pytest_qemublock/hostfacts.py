@@ -46,21 +46,28 @@ class OpenFile:
 def open_files(pid: int, path: str | Path) -> list[OpenFile]:
     """Descriptors of process *pid* that point at *path* (as that process sees it)."""
     target = os.path.realpath(path) if os.path.exists(path) else str(path)
-    # One shell round trip for the whole fd table: readlink + flags per fd.
+    # One shell round trip, two processes for the whole fd table (a readlink and a sed
+    # per fd cost ~40 ms on a QEMU with 30 fds): find prints every link, grep every
+    # fdinfo's flags; an fd closed in between is simply left out.
     script = (
-        f"cd /proc/{pid}/fd 2>/dev/null || exit 3; for f in *; do "
-        f"l=$(readlink \"$f\") || continue; "
-        f"fl=$(sed -n 's/^flags:[[:space:]]*//p' ../fdinfo/$f 2>/dev/null) || continue; "
-        f"printf '%s\\t%s\\t%s\\n' \"$f\" \"$fl\" \"$l\"; done"
+        f"cd /proc/{pid}/fd 2>/dev/null || exit 3; "
+        "find . -mindepth 1 -maxdepth 1 -printf '%f\\t%l\\n' 2>/dev/null; echo @@; "
+        "cd ../fdinfo 2>/dev/null && grep -H '^flags:' -- * 2>/dev/null; exit 0"
     )
     res = local_host().run(f"{_TIMEOUT} sh -c {shlex.quote(script)}")
     if res.rc == 3:
         raise ProcessLookupError(f"process {pid} is gone")
+    links_text, _, flags_text = res.stdout.partition("@@\n")
+    flags = {}
+    for line in flags_text.splitlines():
+        fd, _, rest = line.partition(":flags:")
+        if rest.strip():
+            flags[fd] = int(rest.strip(), 8)
     out = []
-    for line in res.stdout.splitlines():
-        fd, flags, link = line.split("\t", 2)
-        if link == target or link == str(path):
-            out.append(OpenFile(int(fd), link, int(flags, 8)))
+    for line in links_text.splitlines():
+        fd, _, link = line.partition("\t")
+        if fd in flags and (link == target or link == str(path)):
+            out.append(OpenFile(int(fd), link, flags[fd]))
     return out
 
 

@@ -1,0 +1,130 @@
+"""Block jobs that must reopen a read-only layer read-write, and give it back.
+
+The chain base <- mid <- top (qcow2, one storage) is opened node by node as
+libvirt does (iotest 247): every file node ``auto-read-only=on``, base-fmt
+and mid-fmt ``read-only=on``. Then one job runs:
+
+* ``block-commit`` of mid into base (reopens base read-write while it runs),
+  completed or cancelled;
+* ``block-stream`` into a read-only top (reopens top read-write);
+* an active ``block-commit`` of top into base, completed (base stays
+  read-write: it is the new active layer) or cancelled, after READY or
+  before.
+
+The "during" state is caught deterministically: the reopen happens inside
+the command, and jobs that would finish at once run with ``speed=1`` until
+``block-job-set-speed 0`` (or the cancel). After the job's event the nodes
+and fds are checked again, no job may be left, and once QEMU has quit the
+data is read back with the build's qemu-io (each recipe pattern at its
+offset) and the untouched layers are compared bit for bit.
+
+On storage that refuses writes (erofs, eacces) every job fails cleanly with
+the storage's error, no job is left and every layer is bit-identical; a base
+*file* node with ``read-only=on`` gives ``Block node is read-only`` anywhere.
+"""
+from pathlib import Path
+
+import pytest
+
+from pytest_qemublock import chains, matrix, stepwise
+from pytest_qemublock.expectations import jobs
+
+pytestmark = [pytest.mark.jobs,
+              pytest.mark.qemu_requires(feature="BlockdevOptions.file:dynamic-auto-read-only")]
+
+FILE_STORAGES = matrix.backend_storages(["file"])  # chains are files: no NBD here
+
+CASES = sorted(
+    matrix.cases(backend_storage=FILE_STORAGES, fmt=["chain"], variant=jobs.ALL_STORAGES)
+    + matrix.cases(backend_storage=[("file", "rw")], fmt=["chain"], variant=jobs.RW_ONLY),
+    key=lambda p: p.id)
+
+
+def drive(vm, plan):
+    """End the running job the way *plan* says; wait (with a timeout) for its event."""
+    for action in plan.finish:
+        if action == "set-speed-0":
+            vm.execute("block-job-set-speed", {"device": plan.job, "speed": 0})
+        elif action == "ready":
+            vm.wait_event("BLOCK_JOB_READY", {"device": plan.job}, timeout=vm.timeouts.event)
+        elif action == "complete":
+            vm.execute("block-job-complete", {"device": plan.job})
+        elif action == "cancel":
+            vm.execute("block-job-cancel", {"device": plan.job})
+        else:
+            raise ValueError(f"unknown finish action {action!r}")
+    return vm.wait_event(plan.event, {"device": plan.job}, timeout=vm.timeouts.event)
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_job(case, qemu, qemu_build, qemu_caps, qemu_tools, targets, qb_evidence, request):
+    reason = jobs.missing(case.variant, qemu_caps)
+    if reason:
+        pytest.skip(f"build {qemu_build.name}: {reason}")
+    stepwise.xfail_known_bug(request, jobs.known_bug(case.id, qemu_caps))
+    chain = chains.make_chain(targets, qemu_tools, case.storage)
+    rules = jobs.Rules(case.variant, chain, qemu_caps)
+    layout = rules.layout()
+    args = chains.blockdev_args(chain, top_ro=layout.top_ro, base_file=layout.base_file)
+    qb_evidence.note(case=case.describe(), chain=chain.describe())
+    build = qemu_build.name
+    context = (f"{chain.describe()}, top-fmt read-only={'on' if layout.top_ro else 'off'}"
+               f"{', base-file ' + str(dict(layout.base_file)) if layout.base_file else ''}, case {case.id}")
+
+    known = None
+    vm = qemu.start(*args, wrapper=chain.storage.wrapper)
+    stepwise.check_step(layout.opened, chains.state(vm, chain), what="after open", build=build,
+                        context=context)
+
+    for plan in rules.plans():
+        what = plan.describe()
+        err = vm.execute_error(plan.command, plan.arguments)
+        stepwise.check_step(plan.start, chains.state(vm, chain, err), what=f"{what} (right after the command)",
+                            build=build, context=context)
+        running = chains.block_jobs(vm)
+        if err is not None:
+            assert running == [], (
+                f"{what} [build {build}; {context}]: the command failed, so no job may exist; "
+                f"query-block-jobs shows {running}")
+            continue
+        assert [job for job, status in running if job == plan.job and status in plan.statuses], (
+            f"{what} [build {build}; {context}]: expected job {plan.job} in state "
+            f"{'/'.join(plan.statuses)} while the job runs; query-block-jobs shows {running or 'no job'}")
+
+        event = drive(vm, plan)
+        assert "error" not in event["data"], (
+            f"{what} [build {build}; {context}]: {plan.event} reports an error: {event['data']['error']}")
+        left = chains.block_jobs(vm)
+        assert left == [], (
+            f"{what} [build {build}; {context}]: expected no job left after {plan.event}; "
+            f"query-block-jobs shows {left}")
+        try:
+            stepwise.check_step(plan.end, chains.state(vm, chain), what=f"{what} (after {plan.event})",
+                                build=build, context=context)
+        except stepwise.KnownQemuBug as bug:
+            known = bug  # a known QEMU bug: still check the data, then raise it
+
+    problems = qemu.shutdown_all()
+    assert not problems, problems
+
+    checks, unchanged = rules.data()
+    for layer in unchanged:
+        img = chain.images[layer]
+        assert img.unchanged(), (
+            f"{case.id} [build {build}; {context}]: {layer} ({img.path}) changed, expected it "
+            f"bit-identical: {rules.unchanged_because()}")
+    for check in checks:
+        img = chain.images[check.layer]
+        if check.pattern is not None:
+            ok, text = chains.read_pattern(qemu_tools, img, check.pattern)
+            assert ok, (f"{case.id} [build {build}; {context}]: expected byte 0x{check.pattern.byte:02x} "
+                        f"at {check.pattern.offset}+{check.pattern.length} reading through {check.layer} "
+                        f"because {check.because}; {text}")
+        else:
+            got = chains.backing_file(qemu_tools, img)
+            want = chain.images[check.backing].path.name if check.backing else None
+            assert (Path(got).name if got else None) == want, (
+                f"{case.id} [build {build}; {context}]: expected {check.layer}'s backing file "
+                f"{want or 'none'} because {check.because}; qemu-img info says {got or 'none'}")
+    if known is not None:
+        raise known

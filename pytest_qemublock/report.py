@@ -20,6 +20,7 @@ import math
 import os
 import re
 import shlex
+import shutil
 import sys
 import time
 from collections import Counter
@@ -107,18 +108,23 @@ def _unwrap(argv: list[str], depth: int = 0) -> str:
         except ValueError:
             words = argv[2].split()
         inner = _unwrap(words, depth + 1) if words else first
+        if not inner.startswith(("qemu", "nbdkit")) and "$@" in argv[2] and len(argv) > 4:
+            # sh -c '... exec "$@"' NAME PROGRAM ARGS (socket activation and the like)
+            inner = _unwrap(argv[4:], depth + 1)
         return inner if inner.startswith(("qemu", "nbdkit")) else first
     if first in _WRAPPERS:
         if "--" in argv:  # nsenter -t PID -m -- PROGRAM ...
             return _unwrap(argv[argv.index("--") + 1:], depth + 1)
-        # Otherwise a QEMU among the plain arguments, else the first plain argument.
+        # Otherwise a QEMU among the plain arguments, else the first plain argument
+        # that is a program (`unshare --propagation private true` runs `true`).
         plain = [a for a in argv[1:] if a and not a.startswith("-") and "=" not in a
                  and "," not in a and not a.isdigit()]
         for a in plain:
             if os.path.basename(a).startswith(("qemu", "nbdkit")):
                 return os.path.basename(a)
-        if plain:
-            return _unwrap(argv[argv.index(plain[0]):], depth + 1)
+        for a in plain:
+            if shutil.which(a):
+                return _unwrap(argv[argv.index(a):], depth + 1)
     return first
 
 
@@ -246,6 +252,9 @@ def phase_outcome(rep: pytest.TestReport) -> str | None:
 def _message(rep: pytest.TestReport, limit: int = 500) -> str:
     longrepr = rep.longrepr
     text = ""
+    if getattr(rep, "wasxfail", ""):  # xfailed: the xfail reason says more than the assert
+        longrepr = None
+        text = str(rep.wasxfail)
     if isinstance(longrepr, tuple) and len(longrepr) == 3:  # a skip: (path, line, reason)
         text = str(longrepr[2])
         text = text[len("Skipped: "):] if text.startswith("Skipped: ") else text
@@ -255,8 +264,6 @@ def _message(rep: pytest.TestReport, limit: int = 500) -> str:
         if not text:
             lines = [ln for ln in str(longrepr).strip().splitlines() if ln.strip()]
             text = lines[-1] if lines else ""
-    if hasattr(rep, "wasxfail") and not text:
-        text = str(rep.wasxfail)
     text = " ".join(text.split())
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
@@ -311,11 +318,14 @@ class MatrixReport:
         self.written: Path | None = None
         self.write_error: str | None = None
         self._counter = _ProcCounter() if self.results_path else None
+        self._previous_counter: _ProcCounter | None = None
 
     # -- lifecycle ---------------------------------------------------------------
     def pytest_sessionstart(self, session: pytest.Session) -> None:
         self.started = time.time()
-        _activate_counter(self._counter)
+        if self._counter is not None:
+            self._previous_counter = _active_counter  # an outer session (pytester inline run)
+            _activate_counter(self._counter)
 
     def pytest_runtest_logstart(self, nodeid: str, location: Any) -> None:
         # Whatever ran between items (collection, session set-up) is not a case's.
@@ -386,8 +396,8 @@ class MatrixReport:
                 self.write_error = f"cannot write {path}: {e}"
 
     def pytest_unconfigure(self, config: pytest.Config) -> None:
-        if _active_counter is self._counter:
-            _activate_counter(None)
+        if self._counter is not None and _active_counter is self._counter:
+            _activate_counter(self._previous_counter)
 
     # -- helpers -------------------------------------------------------------------
     def build_order(self) -> list[str]:

@@ -8,6 +8,7 @@ resolves two (identical) builds to see the build versions reported.
 from __future__ import annotations
 
 import json
+import sys
 import textwrap
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -129,7 +130,7 @@ def matrix_block(result: pytest.RunResult) -> list[str]:
     start = next(i for i, line in enumerate(lines) if "qemublock matrix" in line)
     out = []
     for line in lines[start + 1:]:
-        if line.startswith(("=", "qemublock: results")) or line.startswith("FAILED"):
+        if line.startswith(("=", "qemublock: results", "outcome differs", "same outcome")):
             break
         out.append(line)
     return out
@@ -165,7 +166,8 @@ def test_matrix_counts_one_outcome_per_item(fake):
     assert row(block, "(all)") == ["(all)", "3✓", "2F", "2E", "1X", "1x", "2s"]
     # the summary comes once, before pytest's own closing line
     assert sum("qemublock matrix" in line for line in r.outlines) == 1
-    assert r.outlines[-1].startswith("=") and "3 failed" in r.outlines[-1]
+    assert r.outlines[-1].startswith("=") and "2 failed" in r.outlines[-1]
+    assert "3 errors" in r.outlines[-1]
 
 
 def test_results_file_has_every_case(fake):
@@ -180,10 +182,10 @@ def test_results_file_has_every_case(fake):
         name = nodeid.split("::")[1].split("[")[0]
         assert t["outcome"] == EXPECTED[name], nodeid
         assert t["duration"] >= 0 and set(t["phases"]) <= {"setup", "call", "teardown"}
-    t = tests["test_fake.py::test_pass[default-x-0]"]
+    t = tests["test_fake.py::test_pass[default-0-x]"]
     assert (t["scenario"], t["backend"], t["format"], t["interface"]) == ("open", "file-rw", "raw", "blockdev")
     assert t["properties"]["qb.scenario"] == "open"
-    assert t["case"] == "test_fake.py::test_pass[default-x-0]"  # one build: id kept
+    assert t["case"] == "test_fake.py::test_pass[default-0-x]"  # one build: id kept
     assert tests["test_fake.py::test_no_properties"]["scenario"] == "-"
     assert tests["test_fake.py::test_no_properties"]["properties"] == {}
     assert tests["test_fake.py::test_teardown_error_after_fail[default-x]"]["teardown_error"] is True
@@ -224,8 +226,8 @@ def test_several_builds_get_sub_rows_and_a_difference_list(fake, monkeypatch):
     assert "outcome differs between builds for 0 case(s)" not in out
     assert "same outcome on all 2 builds" in out  # both fail test_fail, for different reasons
     data = load(fake.path / "res.json")
-    t = data["tests"]["test_fake.py::test_pass[b72-x-0]"]
-    assert t["build"] == "b72" and t["case"] == "test_fake.py::test_pass[x-0]"
+    t = data["tests"]["test_fake.py::test_pass[b72-0-x]"]
+    assert t["build"] == "b72" and t["case"] == "test_fake.py::test_pass[0-x]"
 
 
 def test_matrix_fits_100_columns_with_many_backends(pytester, monkeypatch):
@@ -305,6 +307,9 @@ def test_strip_build(nodeid, build, want):
     (["sh", "-c", "timeout 5 qemu-img info x"], "qemu-img"),
     (["sh", "-c", 'echo x >> "$1"', "sh", "/tmp/qemu.img"], "sh"),
     (["timeout", "5", "/usr/bin/qemu-io", "-c", "read 0 1"], "qemu-io"),
+    (["unshare", "--mount", "--propagation", "private", "true"], "true"),
+    (["setpriv", "--reuid=65534", "--", "bash", "-c", 'exec 3<&13; LISTEN_FDS=1 exec "$@"', "bash",
+      "/x/qemu-nbd", "-f", "raw"], "qemu-nbd"),
 ])
 def test_program_name_looks_through_wrappers(argv, want):
     assert program_name(None, argv) == want
@@ -390,8 +395,12 @@ def test_diff_two_files_reports_changes_and_exits_1_on_regression(tmp_path, caps
     assert "s.py::t[file-rw]: passed -> skipped" in out
     assert "s.py::t[new]: (absent) -> error" in out
     assert "s.py::t[gone]: passed -> (absent)" in out
-    # the other way round nothing regressed
-    assert diff_main([b, a]) == 0
+    # the other way round, nbd regressed; a file against itself has no change
+    assert diff_main([b, a]) == 1
+    assert "s.py::t[nbd]: passed -> failed" in capsys.readouterr().out
+    assert diff_main([a, a]) == 0
+    assert "changed: 0 (regressions: 0, fixed: 0), new: 0, missing: 0, unchanged: 5" in \
+        capsys.readouterr().out
 
 
 def test_diff_builds_inside_one_results_file(fake, monkeypatch, capsys):
@@ -420,18 +429,24 @@ def test_diff_builds_inside_one_results_file(fake, monkeypatch, capsys):
     assert "regressions (passed in A, fail in B):\ntest_fake.py::test_fail[x]: passed -> failed" in out
 
 
+#: the console script, installed next to this interpreter by `pip install -e .`
+DIFF = str(Path(sys.executable).with_name("qemublock-diff"))
+
+
 def test_diff_console_script_and_errors(tmp_path, pytester):
+    if not Path(DIFF).is_file():
+        pytest.skip(f"{DIFF} not installed (pip install -e .)")
     bad = tmp_path / "bad.json"
     bad.write_text("{}")
-    r = pytester.run("qemublock-diff", str(bad), str(bad))
+    r = pytester.run(DIFF, str(bad), str(bad))
     assert r.ret == 2 and "not a qemublock results file" in r.stderr.str()
     three = _write(tmp_path / "three.json", _results(
         {"t[a-x]": ("passed", "a"), "t[b-x]": ("passed", "b"), "t[c-x]": ("passed", "c")}, ["a", "b", "c"]))
-    r = pytester.run("qemublock-diff", three)
+    r = pytester.run(DIFF, three)
     assert r.ret == 2 and "--builds" in r.stderr.str()
-    r = pytester.run("qemublock-diff", three, "--builds", "a", "zz")
+    r = pytester.run(DIFF, three, "--builds", "a", "zz")
     assert r.ret == 2 and "no cases of build 'zz'" in r.stderr.str()
-    r = pytester.run("qemublock-diff", three, "--builds", "a", "c", "--json")
+    r = pytester.run(DIFF, three, "--builds", "a", "c", "--json")
     assert r.ret == 0 and json.loads(r.stdout.str())["unchanged"] == 1
 
 

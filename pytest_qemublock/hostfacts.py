@@ -15,6 +15,8 @@ from pathlib import Path
 
 import testinfra
 
+from .process import running
+
 O_ACCMODE = 0o3
 _MODES = {os.O_RDONLY: "O_RDONLY", os.O_WRONLY: "O_WRONLY", os.O_RDWR: "O_RDWR"}
 
@@ -91,11 +93,7 @@ def listening(spec: str) -> bool:
 
 def pid_alive(pid: int) -> bool:
     """A process exists (and is not a zombie)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+    return running(pid)
 
 
 def processes_named(*names: str) -> list[str]:

@@ -8,8 +8,11 @@ The four interfaces QEMU offers for the same node are driven the same way:
 """
 from __future__ import annotations
 
+import dataclasses as _dataclasses
 import json
 import re
+import time as _time
+from pathlib import Path as _Path
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
@@ -17,7 +20,10 @@ from . import hostfacts
 from .backends import Target
 from .errors import LaunchError
 from .expectations import Expect
+from .compare import ro_mismatches
 from .factory import QemuFactory
+from .images import Pattern as _Pattern
+from .images import Tools as _Tools
 from .machine import QemuInstance
 
 
@@ -118,12 +124,7 @@ def mismatches(exp: Expect, obs: Observed) -> list[str]:
         if exp.error and not re.search(exp.error, obs.error):
             out.append(f"error text does not match /{exp.error}/")
         return out
-    for node, want in exp.ro.items():
-        got = obs.ro.get(node)
-        if got is None:
-            out.append(f"node {node} missing (nodes: {sorted(obs.ro)})")
-        elif got != want:
-            out.append(f"{node}.ro={got}, expected {want}")
+    out += ro_mismatches(exp.ro, obs.ro)
     if exp.fd is not None and obs.fd != [exp.fd]:
         out.append(f"fd modes {obs.fd or 'none'}, expected one {exp.fd} fd")
     if obs.blk_ro is not None and "n0" in exp.ro and obs.blk_ro != exp.ro["n0"]:
@@ -144,11 +145,6 @@ def check(exp: Expect, obs: Observed, *, what: str, build: str) -> None:
 
 # -- steps after the open: reopen, writers, readers (degrade / reopen suites) -------
 
-import dataclasses as _dataclasses  # noqa: E402  (appended section keeps its imports here)
-import time as _time  # noqa: E402
-from pathlib import Path as _Path  # noqa: E402
-
-from .images import Pattern as _Pattern, Tools as _Tools  # noqa: E402
 
 
 @dataclass

@@ -70,7 +70,7 @@ def _start_time(pid: int) -> str | None:
     return stat.rsplit(")", 1)[1].split()[19]
 
 
-def _running(pid: int) -> bool:
+def running(pid: int) -> bool:
     """The process exists and is not a zombie (dead, waiting to be reaped)."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
@@ -326,12 +326,12 @@ def reap_stale(state_dir: Path) -> list[str]:
         except (OSError, ValueError):
             continue
         owner = data.get("owner")
-        if owner and _running(int(owner)) and owner != os.getpid():
+        if owner and running(int(owner)) and owner != os.getpid():
             continue  # that run is still alive (another concurrent session)
         for entry in data.get("procs", []):
             pid = int(entry["pid"])
             if entry.get("start") and _start_time(pid) == entry["start"]:
-                if not _running(pid):
+                if not running(pid):
                     # Already dead (PR_SET_PDEATHSIG did its job), just not
                     # reaped by its new parent: nothing to report. Its group
                     # may still hold a wrapper's children.

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Iterable, Mapping
 import pytest
 
 from . import hostfacts
+from .compare import ro_mismatches
 
 if TYPE_CHECKING:
     from .machine import QemuInstance
@@ -105,12 +106,7 @@ def mismatches(exp: StepExpect, got: StepResult) -> list[str]:
         out.append("succeeded" if got.ok else "failed")
     elif not exp.ok and exp.error is not None and not re.fullmatch(exp.error, got.error.strip()):
         out.append("error text differs")
-    for node, want in exp.ro.items():
-        have = got.ro.get(node)
-        if have is None:
-            out.append(f"node {node} missing")
-        elif have != want:
-            out.append(f"{node}.ro={have}, expected {want}")
+    out += ro_mismatches(exp.ro, got.ro)
     for label, mode in exp.fds.items():
         modes = got.fds.get(label, [])
         if modes != [mode]:

@@ -90,6 +90,8 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
     base_seed = args.seed if args.seed is not None else random.randrange(1, 10**6)
     work = args.workdir or Path(tempfile.mkdtemp(prefix="qbf-", dir="/tmp"))
+    # eacces storage runs QEMU as uid 65534: it must be able to traverse this.
+    work.chmod(0o755)
     work.mkdir(parents=True, exist_ok=True)
     tree = ROOT if args.live else snapshot_tree(work / "tree")
     print(f"flake-check: {args.runs} run(s) x modes {', '.join(modes)}; base seed {base_seed}; "

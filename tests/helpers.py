@@ -161,3 +161,54 @@ class InnerRun:
 def assert_no_leak(run: InnerRun, timeout: float = 5.0) -> None:
     left = wait_gone(run.token, timeout)
     assert not left, f"QEMU processes of the inner run still alive after {timeout}s: {left}"
+
+
+# -- servers and storage, checked from outside (test_servers.py, test_storage.py) ----
+
+
+def ss_listeners(pids: list[int]) -> list[str]:
+    """``address:port`` of every TCP listener ``ss -ltnp`` attributes to one of *pids*."""
+    out = subprocess.run(["ss", "-H", "-ltnp"], capture_output=True, text=True, check=True).stdout
+    found = []
+    for line in out.splitlines():
+        owners = {int(p) for p in re.findall(r"pid=(\d+)", line)}
+        if owners & set(pids):
+            found.append(line.split()[3])
+    return sorted(set(found))
+
+
+def host_state() -> dict[str, object]:
+    """What a server must not change on the host: /run/sshd, /run/tgtd, our mounts."""
+    def listing(d: str) -> list[str] | None:
+        return sorted(os.listdir(d)) if os.path.isdir(d) else None
+    mounts = Path("/proc/self/mountinfo").read_text()
+    return {"/run/sshd": listing("/run/sshd"), "/run/tgtd": listing("/run/tgtd"),
+            "mounts": len(mounts.splitlines()), "qemublock-run mounts": mounts.count("qemublock-run")}
+
+
+def running(pids: list[int]) -> list[int]:
+    """Those of *pids* that still exist and are not zombies."""
+    alive = []
+    for pid in pids:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if state not in ("Z", "X"):
+            alive.append(pid)
+    return alive
+
+
+def assert_only_loopback(name: str, pids: list[int], port: int) -> None:
+    listeners = ss_listeners(pids)
+    assert listeners == [f"127.0.0.1:{port}"], (
+        f"{name} (pids {pids}) listens on {listeners}; expected only 127.0.0.1:{port} "
+        f"(no 0.0.0.0 / [::] / * listener)")
+
+
+def assert_gone(name: str, pids: list[int], before: dict[str, object]) -> None:
+    deadline = time.monotonic() + 5
+    while running(pids) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert running(pids) == [], f"{name}: processes {running(pids)} still run after stop"
+    assert host_state() == before, f"{name} changed the host: {host_state()} (before: {before})"

@@ -21,7 +21,7 @@ Measures, in one run:
 
 Writes everything to ``bench/results.json`` (``--out``) and prints a table.
 
-    bench/bench.py --builds b72=/usr b10=$HOME/.cache/pytest-qemublock/qemu-10.0
+    bench/bench.py --builds b72=/ b10=/var/cache/pytest-qemublock/qemu-10.0
 """
 from __future__ import annotations
 

@@ -202,6 +202,8 @@ class Provisioner:
         #: probed Capabilities of the build (set by the ``targets`` fixture), for
         #: backends whose QEMU driver is a loadable module (http, ssh, iscsi)
         self.caps: Any = None
+        #: the module's TargetPool (set by the ``targets`` fixture), for shared()
+        self.pool: Any = None
 
     def storage(self, kind: str) -> Storage:
         if kind not in self.storages:
@@ -225,6 +227,16 @@ class Provisioner:
             return b.provide(self, recipe, storage)
         except StorageUnavailable as e:
             pytest.skip(str(e))
+
+    def shared(self, backend: str, storage: str, recipe: str = "raw") -> Target:
+        """Like :meth:`target`, but shared with the module's other cases (see pool.py).
+
+        Only for cases that open and close nodes: nothing may write to it,
+        flip its storage or stop its server.
+        """
+        if self.pool is None:
+            return self.target(backend, storage, recipe)
+        return self.pool.get(self, backend, storage, recipe)
 
     def close(self) -> list[str]:
         problems = []

@@ -41,6 +41,8 @@ class TestEvidence:
         self.snapshots: list[Callable[[], tuple[str, Any]]] = []
 
     def add_process(self, proc: ManagedProcess) -> None:
+        if proc in self.processes:
+            return
         self.processes.append(proc)
         with open(self.log_dir / "commands.txt", "a", encoding="utf-8") as f:
             f.write(f"# {proc.name} (pid {proc.pid})\n{proc.command_line()}\n\n")
@@ -103,4 +105,9 @@ class TestEvidence:
             shutil.rmtree(dest, ignore_errors=True)
         dest.parent.mkdir(parents=True, exist_ok=True)
         shutil.copytree(self.log_dir, dest, dirs_exist_ok=True)
+        # Processes shared with other tests (pool.py) log elsewhere: copy them too.
+        for proc in self.processes:
+            for path in (proc.stdout_path, proc.stderr_path):
+                if path.parent != self.log_dir and path.exists():
+                    shutil.copyfile(path, dest / path.name)
         return dest

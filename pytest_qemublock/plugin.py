@@ -259,10 +259,23 @@ def images(qemu_tools: Tools, qb_evidence: TestEvidence) -> ImageFactory:
     return ImageFactory(qemu_tools, d)
 
 
+@pytest.fixture(scope="module")
+def qb_target_pool(request: pytest.FixtureRequest, qb_session: QemuBlockSession):  # type: ignore[no-untyped-def]
+    """Targets shared by a module's open-and-close cases (``targets.shared``)."""
+    from .pool import TargetPool
+
+    pool = TargetPool(qb_session, request.node.nodeid)
+    yield pool
+    problems = pool.close()
+    if problems:
+        pytest.fail("cleanup of shared targets failed: " + "; ".join(problems), pytrace=False)
+
+
 @pytest.fixture
 def targets(qemu_build: build_mod.QemuBuild, qemu_caps, qb_session: QemuBlockSession,  # type: ignore[no-untyped-def]
-            qb_evidence: TestEvidence, qemu_tools: Tools) -> Iterator["Provisioner"]:
-    """Provide protocol nodes: ``targets.target(backend, storage, recipe)``; servers stopped after."""
+            qb_evidence: TestEvidence, qemu_tools: Tools, qb_target_pool) -> Iterator["Provisioner"]:
+    """Provide protocol nodes: ``targets.target(backend, storage, recipe)`` (servers
+    stopped after the test) or ``targets.shared(...)`` (kept for the module)."""
     from .backends import new_provisioner
     from .servers.base import ServerContext
 
@@ -270,6 +283,7 @@ def targets(qemu_build: build_mod.QemuBuild, qemu_caps, qb_session: QemuBlockSes
                         qb_session.sockdir)
     prov = new_provisioner(qemu_build, qemu_caps.accel, qemu_tools, ctx)
     prov.caps = qemu_caps  # backends whose driver is a module skip if it does not load
+    prov.pool = qb_target_pool
     yield prov
     problems = prov.close()
     if problems:

@@ -28,7 +28,8 @@ def node_options(case, target):
 
 @pytest.mark.parametrize("case", CASES)
 def test_open(case, targets, qemu, qemu_build, qemu_caps, qb_evidence):
-    target = targets.target(case.backend, case.storage, "raw" if case.fmt == "proto" else case.fmt)
+    # Opening and closing never writes or stops anything: the module's cases share targets.
+    target = targets.shared(case.backend, case.storage, "raw" if case.fmt == "proto" else case.fmt)
     opts = node_options(case, target)
     qb_evidence.note(case=case.describe(), options=opts)
     expected = expectations.expect_open(case, target, qemu_caps)

@@ -1,0 +1,90 @@
+"""Targets shared by the cases of one test module.
+
+The open matrix asks for the same (backend, storage, recipe) 36 times per
+build, and starting its server is the dearest part of many cases (tgtd
+50 ms to start and 110 ms to stop, sshd 50 ms, a QEMU export 40 ms). Cases
+that only open a node and close it again may share one target: the pool
+keeps one per key for the module, hands out a fresh one when the old one's
+processes died, and stops everything at module end.
+
+Cases that write, flip storage or stop servers must not share: they use
+``targets.target()``. A shared target's server shows up in each test's
+evidence (command line, stderr) like one of its own.
+"""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from .evidence import TestEvidence
+from .images import Tools
+from .servers.base import ServerContext
+from .storage import Storage, make_storage
+
+if TYPE_CHECKING:
+    from .backends import Provisioner, Target
+    from .session import QemuBlockSession
+
+
+class TargetPool:
+    """One module's shared targets (the ``qb_target_pool`` fixture)."""
+
+    def __init__(self, session: "QemuBlockSession", label: str) -> None:
+        self.session = session
+        self.label = label
+        self._workdir: Path | None = None
+        self._entries: dict[tuple[str, str, str, str], tuple["Provisioner", "Target"]] = {}
+
+    def get(self, prov: "Provisioner", backend: str, storage: str, recipe: str) -> "Target":
+        """The shared target for this key, created through a provisioner of its own."""
+        key = (prov.build.name, backend, storage, recipe)
+        entry = self._entries.get(key)
+        if entry is not None and not _healthy(entry[0]):
+            del self._entries[key]
+            entry[0].close()
+            entry = None
+        if entry is None:
+            owner = self._provisioner(prov, "-".join(key))
+            try:
+                target = owner.target(backend, storage, recipe)
+            except BaseException:
+                owner.close()
+                raise
+            entry = self._entries[key] = (owner, target)
+        owner, target = entry
+        for proc in owner.server_ctx.evidence.processes:
+            prov.server_ctx.evidence.add_process(proc)
+        return target
+
+    def _provisioner(self, prov: "Provisioner", name: str) -> "Provisioner":
+        from .backends import Provisioner
+
+        if self._workdir is None:
+            self._workdir = self.session.new_workdir(f"shared targets of {self.label}")
+        workdir = self._workdir / name
+        evidence = TestEvidence(workdir, f"{self.label} [{name}]")
+        timeouts = self.session.timeouts
+        ctx = ServerContext(prov.build, self.session.registry, evidence, timeouts, self.session.sockdir)
+        tools = Tools(prov.build, evidence, timeouts, template_dir=prov.tools.template_dir)
+
+        def mk(kind: str) -> Storage:
+            return make_storage(kind, workdir / f"st-{kind}", self.session.registry, evidence, timeouts)
+
+        owner = Provisioner(prov.build, prov.accel, tools, ctx, mk)
+        owner.caps = prov.caps
+        return owner
+
+    def close(self) -> list[str]:
+        problems = []
+        for owner, _ in self._entries.values():
+            problems += owner.close()
+        self._entries.clear()
+        if self._workdir is not None and not self.session.settings.keep_workdirs:
+            shutil.rmtree(self._workdir, ignore_errors=True)
+        return problems
+
+
+def _healthy(owner: "Provisioner") -> bool:
+    """Every process behind the target still runs (a crash elsewhere must not leak in)."""
+    return all(p.alive() for p in owner.server_ctx.evidence.processes)

@@ -16,11 +16,9 @@ package's name.
 from __future__ import annotations
 
 import os
-import re
 import socket
 import subprocess
 import time
-from pathlib import Path
 
 import pytest
 
@@ -29,7 +27,7 @@ from pytest_qemublock.images import ImageFactory
 from pytest_qemublock.servers import http, iscsi, ports, ssh
 from pytest_qemublock.servers.ports import PortReservation
 
-from helpers import assert_gone, assert_only_loopback, host_state, running, ss_listeners
+from helpers import assert_gone, assert_only_loopback, host_state, ss_listeners
 from iscsi_wire import scsi_write
 
 ROOT = os.geteuid() == 0

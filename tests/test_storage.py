@@ -16,7 +16,7 @@ from pytest_qemublock.images import ImageFactory
 from pytest_qemublock.servers import nbd
 from pytest_qemublock.storage import unavailable_reason
 
-from helpers import assert_gone, assert_only_loopback, host_state, running
+from helpers import assert_gone, assert_only_loopback, host_state
 
 STRERROR = {"erofs": "Read-only file system", "eacces": "Permission denied"}
 

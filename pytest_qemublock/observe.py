@@ -132,6 +132,14 @@ def mismatches(exp: Expect, obs: Observed) -> list[str]:
     return out
 
 
+def assert_untouched(qemu: QemuFactory, target: Target, what: str, why: str = "") -> None:
+    """Stop the test's QEMUs (a crash fails here) and prove *target*'s image is bit-identical."""
+    problems = qemu.shutdown_all()
+    assert not problems, "\n".join(problems)
+    assert target.image.unchanged(), (
+        f"{what}: {target.image.path} changed on {target.describe()}" + (f" {why}" if why else ""))
+
+
 def check(exp: Expect, obs: Observed, *, what: str, build: str) -> None:
     """Fail with expected-vs-actual and the rule if *obs* does not match *exp*."""
     problems = mismatches(exp, obs)

@@ -120,11 +120,8 @@ def test_degraded_node_refuses_writers_and_serves_reads(case, targets, qemu, qem
     ok, how = observe.read_export(vm, qemu_tools, export_sock, "n0", "r0", pattern)
     assert ok, (f"read back {what} [build {qemu_build.name}]: expected pattern {pattern.io_args()}\n"
                 f"  because:  {degrade.READS_SERVED}\n  QEMU did: {how}")
-    problems = qemu.shutdown_all()
-    assert not problems, problems
-    assert target.image.unchanged(), (
-        f"{what} [build {qemu_build.name}]: {target.image.path} changed although every writer was "
-        f"refused and the storage is read-only")
+    observe.assert_untouched(qemu, target, f"{what} [build {qemu_build.name}]",
+                             "although every writer was refused and the storage is read-only")
 
 
 @pytest.mark.parametrize("case", REFUSED_CASES)
@@ -163,7 +160,5 @@ def test_refused_open_leaves_nothing_behind(case, targets, qemu, qemu_build, qem
         f"[build {qemu_build.name}]: expected pattern {pattern.io_args()}\n"
         f"  because:  the refused open left the image and the node name untouched\n"
         f"  QEMU did: {read.describe()}")
-    problems = qemu.shutdown_all()
-    assert not problems, problems
-    assert target.image.unchanged(), f"{what} [build {qemu_build.name}]: {target.image.path} changed"
+    observe.assert_untouched(qemu, target, f"{what} [build {qemu_build.name}]")
 

@@ -4,9 +4,10 @@ from __future__ import annotations
 import itertools
 import os
 import socket
+import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from ..build import QemuBuild
 from ..evidence import TestEvidence
@@ -88,6 +89,32 @@ class Listener:
 
     def __str__(self) -> str:
         return f"unix:{self.path}" if self.transport == "unix" else f"tcp:127.0.0.1:{self.port}"
+
+
+def recv_until(s: socket.socket, done: Callable[[bytes], bool], alive: Callable[[], bool],
+               deadline: float | None) -> tuple[bytes, str]:
+    """Read from *s* until ``done(received)``; returns the bytes and why it stopped.
+
+    The reason is ``"done"``, ``"eof"``, ``"exited"`` (*alive* said the server
+    died: polled every 50 ms, so a dead server fails at once instead of after
+    the whole timeout) or ``"timeout"`` (past *deadline*, a ``time.monotonic()``
+    value; ``None`` never times out).
+    """
+    s.settimeout(0.05)
+    buf = b""
+    while not done(buf):
+        try:
+            chunk = s.recv(4096)
+        except socket.timeout:
+            if not alive():
+                return buf, "exited"
+            if deadline is not None and time.monotonic() > deadline:
+                return buf, "timeout"
+            continue
+        if not chunk:
+            return buf, "eof"
+        buf += chunk
+    return buf, "done"
 
 
 def socket_activation(argv: list[str], fd: int) -> list[str]:

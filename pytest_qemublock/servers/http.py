@@ -19,7 +19,7 @@ from urllib.parse import quote
 
 from ..errors import ServerError
 from ..machine import Wrapper
-from .base import Listener, Server, ServerContext
+from .base import Listener, Server, ServerContext, recv_until
 
 NGINX_PACKAGE = "nginx-light"
 _counter = itertools.count(1)
@@ -76,20 +76,11 @@ def http_status(port: int, path: str, timeout: float,
     deadline = time.monotonic() + timeout
     with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
         s.sendall(f"{method} {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n".encode())
-        s.settimeout(0.05)
-        buf = b""
-        while b"\r\n" not in buf:
-            try:
-                chunk = s.recv(4096)
-            except socket.timeout:
-                if not alive():
-                    raise ServerError("the server exited") from None
-                if time.monotonic() > deadline:
-                    raise ServerError(f"no HTTP response within {timeout:.1f}s") from None
-                continue
-            if not chunk:
-                break
-            buf += chunk
+        buf, why = recv_until(s, lambda b: b"\r\n" in b, alive, deadline)
+    if why == "exited":
+        raise ServerError("the server exited")
+    if why == "timeout":
+        raise ServerError(f"no HTTP response within {timeout:.1f}s")
     if not buf:
         raise ServerError("connection closed without a response")
     return buf.split(b"\r\n", 1)[0].decode("latin-1")

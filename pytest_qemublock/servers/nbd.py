@@ -15,7 +15,7 @@ from pathlib import Path
 
 from ..errors import ServerError
 from ..machine import Wrapper, launch
-from .base import Listener, Server, ServerContext, socket_activation
+from .base import Listener, Server, ServerContext, recv_until, socket_activation
 
 NBD_MAGIC = b"NBDMAGIC"
 IHAVEOPT = b"IHAVEOPT"
@@ -92,21 +92,14 @@ def handshake(listener: Listener, timeout: float, who: str,
 
 def _recv_exact(s: socket.socket, n: int, alive: Callable[[], bool] = lambda: True,
                 deadline: float | None = None) -> bytes:
-    buf = b""
-    s.settimeout(0.05)
-    while len(buf) < n:
-        try:
-            chunk = s.recv(n - len(buf))
-        except socket.timeout:
-            if not alive():
-                raise ServerError("the server exited") from None
-            if deadline is not None and time.monotonic() > deadline:
-                raise
-            continue
-        if not chunk:
-            raise ServerError(f"connection closed after {len(buf)} of {n} bytes")
-        buf += chunk
-    return buf
+    buf, why = recv_until(s, lambda b: len(b) >= n, alive, deadline)
+    if why == "exited":
+        raise ServerError("the server exited")
+    if why == "timeout":
+        raise socket.timeout(f"{len(buf)} of {n} bytes")
+    if why == "eof":
+        raise ServerError(f"connection closed after {len(buf)} of {n} bytes")
+    return buf[:n]
 
 
 def _ready(ctx: ServerContext, server: NbdServer, who: str) -> NbdServer:

@@ -32,7 +32,7 @@ from urllib.parse import quote
 from ..errors import ProcessError, ServerError
 from ..machine import Wrapper
 from ..process import ManagedProcess, run
-from .base import Server, ServerContext
+from .base import Server, ServerContext, recv_until
 from .namespace import Namespace, private_run
 from .ports import reserve_port, tcp_listeners
 
@@ -194,18 +194,7 @@ def _load_agent(ctx: ServerContext, agent: ManagedProcess, sock: Path, keys: Pat
 def _banner(port: int, timeout: float, alive) -> bytes:  # type: ignore[no-untyped-def]
     deadline = time.monotonic() + timeout
     with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
-        s.settimeout(0.05)
-        buf = b""
-        while b"\n" not in buf:
-            try:
-                chunk = s.recv(256)
-            except socket.timeout:
-                if not alive() or time.monotonic() > deadline:
-                    break
-                continue
-            if not chunk:
-                break
-            buf += chunk
+        buf, _ = recv_until(s, lambda b: b"\n" in b, alive, deadline)
     return buf
 
 

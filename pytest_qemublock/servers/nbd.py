@@ -28,11 +28,10 @@ class NbdServer(Server):
     """A running NBD server exporting one image."""
 
     def __init__(self, kind: str, proc, registry, listener: Listener | None, readonly: bool,  # type: ignore[no-untyped-def]
-                 export: str, address: dict | None = None, owner=None) -> None:  # type: ignore[no-untyped-def]
+                 export: str, owner=None) -> None:  # type: ignore[no-untyped-def]
         super().__init__(proc, registry, listener, readonly)
         self.kind = kind
         self.export = export
-        self._address = address
         self._owner = owner  # a QemuInstance for the qemu-export server
 
     def blockdev_options(self) -> dict:
@@ -44,7 +43,7 @@ class NbdServer(Server):
 
     @property
     def address(self) -> dict:
-        return self._address or self.listener.qapi_address()  # type: ignore[union-attr]
+        return self.listener.qapi_address()  # type: ignore[union-attr]
 
     def uri(self) -> str:
         """An ``nbd://`` / ``nbd+unix://`` URI, for ``-drive file=`` and tools."""

@@ -12,10 +12,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # QEMU under test and its tools, the protocol servers the backends use, and the
-# host tools the storage providers need (unshare/nsenter/setpriv, mount, ss, ps).
+# host tools the storage providers need (unshare/nsenter/setpriv, mount, ss, ps);
+# systemd for systemd-socket-activate, which runs sshd -i on our own listener.
 APT_PACKAGES=(
     qemu-system-x86 qemu-utils qemu-block-extra
-    nbdkit nginx-light openssh-server openssh-client openssh-sftp-server tgt
+    nbdkit nginx-light openssh-server openssh-client openssh-sftp-server systemd tgt
     util-linux mount iproute2 procps python3-venv
 )
 

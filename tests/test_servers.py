@@ -6,8 +6,8 @@ read-only variant refuses a write sent through the protocol itself, as root,
 while the writable one accepts the same write (so the refusal check can
 fail); and after stop no process of it is left, nothing appeared in
 /run/sshd or /run/tgtd and no mount is left behind. The port guards are
-forced to act: a port taken by someone else is retried, and tgtd's silent
-fallback to 0.0.0.0:3260 is caught and killed.
+forced to act: a port taken by someone else is retried (tgtd), and tgtd's
+silent fallback to 0.0.0.0:3260 is caught and killed.
 
 These run in this (outer) session with the plugin's own fixtures: real
 servers, real QEMU tools, nothing mocked. A missing package skips with the
@@ -139,8 +139,8 @@ def test_sshd_on_loopback_refuses_writes_read_only_and_leaves_nothing(ctx, image
         else:
             assert rc == 0 and "wrote 512/512" in out, f"write over sftp: {out}"
             assert image.path.read_bytes()[:512] == WRITE, "the write did not reach the file"
-        # A connection in progress at stop: sshd forks a child for it in a session of
-        # its own (setsid), out of reach of killpg; stop must still end it.
+        # A connection in progress at stop: its own sshd -i (a child of
+        # systemd-socket-activate) must end with the server too.
         conn = socket.create_connection(("127.0.0.1", server.port), timeout=5)
         conn.sendall(b"SSH-2.0-qemublock_test\r\n")
         assert conn.recv(8) == b"SSH-2.0-"
@@ -148,7 +148,7 @@ def test_sshd_on_loopback_refuses_writes_read_only_and_leaves_nothing(ctx, image
         while len(server.namespace.pids()) < 2 and time.monotonic() < deadline:
             time.sleep(0.01)
         pids = server.namespace.pids() + [server.agent.pid]
-        assert len(pids) >= 3, f"expected sshd, a connection child and the agent: {pids}"
+        assert len(pids) >= 3, f"expected the activator, a connection's sshd and the agent: {pids}"
     finally:
         server.stop()
     conn.close()
@@ -157,41 +157,15 @@ def test_sshd_on_loopback_refuses_writes_read_only_and_leaves_nothing(ctx, image
 
 
 @needs_sshd
-def test_sshd_retries_a_port_someone_else_took(ctx, monkeypatch):
-    taken = socket.socket()
-    taken.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    taken.bind(("127.0.0.1", 0))
-    taken.listen(1)
-    busy = taken.getsockname()[1]
-    handed = []
-
-    class Busy:  # what reserve_port returns, for a port another process listens on
-        port = busy
-
-        def release(self):
-            pass
-
-        def __enter__(self):
-            return self
-
-        def __exit__(self, *exc):
-            pass
-
-    def reserve():
-        handed.append(None)
-        return Busy() if len(handed) == 1 else PortReservation()
-
-    monkeypatch.setattr(ssh, "reserve_port", reserve)
-    try:
-        server = ssh.start_sshd(ctx, readonly=True)
-    finally:
-        taken.close()
-    try:
-        assert server.port != busy and len(handed) == 2, (server.port, busy, handed)
-        first = next(p for p in ctx.evidence.processes if p.name == "sshd")
-        assert "Address already in use" in first.stderr_text(), first.stderr_text()
-    finally:
-        server.stop()
+def test_sshd_that_cannot_serve_fails_fast_with_its_error(ctx, monkeypatch):
+    # sshd -i starts per connection: a broken configuration shows up on the
+    # readiness connection, with sshd's own words, not as a later QEMU error.
+    monkeypatch.setattr(ssh, "_config", lambda keys, readonly: "HostKey /nonexistent/key\n")
+    start = time.monotonic()
+    with pytest.raises(ServerError, match=r"(?s)no SSH-2.0 banner.*no hostkeys available"):
+        ssh.start_sshd(ctx, readonly=True)
+    assert time.monotonic() - start < 5
+    assert ctx.registry.live() == [], "the refused sshd (or its agent) was not stopped"
 
 
 # -- tgtd -----------------------------------------------------------------------------

@@ -15,7 +15,7 @@ from typing import Any, Callable
 from .build import QemuBuild
 from .errors import ServerError, StorageUnavailable
 from .images import Image, ImageFactory, Tools
-from .machine import Wrapper
+from .machine import QemuInstance, Wrapper
 from .servers.base import Server, ServerContext
 from .storage import Storage, make_storage, unavailable_reason, unprivileged_cannot_reach
 
@@ -237,6 +237,14 @@ class Provisioner:
         if self.pool is None:
             return self.target(backend, storage, recipe)
         return self.pool.get(self, backend, storage, recipe)
+
+    def hotplug_qemu(self, target: Target) -> QemuInstance:
+        """A running QEMU without nodes, shared by the module's cases on the
+        :meth:`shared` *target*: ``blockdev-add`` into it, and ``blockdev-del``
+        everything added before the test ends (see pool.py)."""
+        if self.pool is None:
+            raise RuntimeError("hotplug_qemu() needs the targets fixture's module pool")
+        return self.pool.hotplug_qemu(self, target)
 
     def close(self) -> list[str]:
         problems = []

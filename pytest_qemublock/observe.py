@@ -140,6 +140,23 @@ def assert_untouched(qemu: QemuFactory, target: Target, what: str, why: str = ""
         f"{what}: {target.image.path} changed on {target.describe()}" + (f" {why}" if why else ""))
 
 
+def assert_released(vm: QemuInstance, target: Target, what: str, why: str = "") -> None:
+    """``blockdev-del`` the node ``n0`` (if it opened) from a QEMU that keeps running, and
+    prove QEMU let go of everything: no node left, no fd on the image; and, for
+    storage that refuses writes, the image bit-identical."""
+    nodes = vm.nodes()
+    if "n0" in nodes:
+        vm.execute("blockdev-del", {"node-name": "n0"})
+        nodes = vm.nodes()
+    assert not nodes, f"{what}: blockdev-del n0 left nodes {sorted(nodes)} in {vm.name}"
+    if target.fd_path is not None:
+        fds = hostfacts.fd_modes(vm.pid, target.fd_path)
+        assert not fds, f"{what}: after blockdev-del n0, {vm.name} still has {fds} on {target.fd_path}"
+    if target.readonly:
+        assert target.image.unchanged(), (
+            f"{what}: {target.image.path} changed on {target.describe()}" + (f" {why}" if why else ""))
+
+
 def check(exp: Expect, obs: Observed, *, what: str, build: str) -> None:
     """Fail with expected-vs-actual and the rule if *obs* does not match *exp*."""
     problems = mismatches(exp, obs)

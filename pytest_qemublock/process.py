@@ -21,6 +21,7 @@ import ctypes
 import functools
 import json
 import os
+import select
 import shlex
 import shutil
 import signal
@@ -111,6 +112,7 @@ class ManagedProcess:
     env_delta: dict[str, str] = field(default_factory=dict)
     started: float = field(default_factory=time.monotonic)
     stop_expected: bool = False
+    start_ticks: str | None = None  # /proc start time, to tell the pid from a reused one
 
     @property
     def pid(self) -> int:
@@ -146,6 +148,21 @@ class ManagedProcess:
 
     def wait_exit(self, timeout: float) -> bool:
         """Wait up to *timeout* s for the process to exit, without reaping it."""
+        if self._exited():
+            return True
+        try:
+            # Readable once the process has exited (zombie or not): no polling loop.
+            pidfd = os.pidfd_open(self.pid)
+        except OSError:  # kernel < 5.3, or the pid went meanwhile
+            pidfd = None
+        if pidfd is not None:
+            try:
+                poller = select.poll()
+                poller.register(pidfd, select.POLLIN)
+                poller.poll(max(0, int(timeout * 1000)))
+            finally:
+                os.close(pidfd)
+            return self._exited()
         deadline = time.monotonic() + timeout
         delay = 0.001
         while not self._exited():
@@ -287,7 +304,8 @@ class ProcessRegistry:
                 )
             except OSError as e:
                 raise ProcessError(f"cannot start {name}: {e.strerror}: {format_argv(argv)}") from None
-        proc = ManagedProcess(name, argv, popen, out_path, err_path, env_delta)
+        proc = ManagedProcess(name, argv, popen, out_path, err_path, env_delta,
+                              start_ticks=_start_time(popen.pid))
         with self._lock:
             self._procs.append(proc)
         self._write_state()
@@ -320,7 +338,7 @@ class ProcessRegistry:
             return
         with self._lock:
             entries = [
-                {"pid": p.pid, "start": _start_time(p.pid), "name": p.name}
+                {"pid": p.pid, "start": p.start_ticks, "name": p.name}
                 for p in self._procs
                 if p.popen.returncode is None
             ]

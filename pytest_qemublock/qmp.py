@@ -88,6 +88,11 @@ class QmpSession:
         self.greeting = _plain(greeting._raw) if greeting is not None else None  # noqa: SLF001
         self.transcript.record("<", self.greeting)
 
+    def retarget(self, transcript: Transcript) -> None:
+        """Record from now on into *transcript* (a QEMU lent to another test)."""
+        old, self.transcript = self.transcript, transcript
+        old.close()
+
     @property
     def connected(self) -> bool:
         return self._client.runstate == Runstate.RUNNING

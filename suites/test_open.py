@@ -28,15 +28,22 @@ def node_options(case, target):
 
 @pytest.mark.parametrize("case", CASES)
 def test_open(case, targets, qemu, qemu_build, qemu_caps, qb_evidence):
-    # Opening and closing never writes or stops anything: the module's cases share targets.
+    # Opening and closing never writes or stops anything: the module's cases share targets,
+    # and blockdev-add cases share a running QEMU per target (hot-plug, as libvirt does).
     target = targets.shared(case.backend, case.storage, "raw" if case.fmt == "proto" else case.fmt)
     opts = node_options(case, target)
     qb_evidence.note(case=case.describe(), options=opts)
     expected = expectations.expect_open(case, target, qemu_caps)
+    what = f"open {case.id} [build {qemu_build.name}]"
+
+    if case.interface == "qmp":
+        vm = targets.hotplug_qemu(target)
+        observed = observe.add_node(vm, opts, target)
+        observe.check(expected, observed, what=f"open {case.id}", build=qemu_build.name)
+        observe.assert_released(vm, target, what, "although the storage refuses writes")
+        return
 
     observed = observe.open_node(qemu, case.interface, opts, target)
-
     observe.check(expected, observed, what=f"open {case.id}", build=qemu_build.name)
     if target.readonly:
-        observe.assert_untouched(qemu, target, f"open {case.id} [build {qemu_build.name}]",
-                                 "although the storage refuses writes")
+        observe.assert_untouched(qemu, target, what, "although the storage refuses writes")

@@ -49,3 +49,52 @@ def test_shared_targets_are_reused_replaced_and_stopped(inner, monkeypatch):
     assert pids["fourth"] != pids["third"], f"a dead shared server was handed out again: {pids}"
     assert running([int(p) for p in pids.values()]) == [], "shared servers outlived their module"
     assert_no_leak(inner)
+
+
+HOTPLUG_SUITE = '''
+import os, pytest
+from pytest_qemublock import observe
+
+def _record(name, vm):
+    with open(os.environ["QB_MARKER"], "a") as f:
+        f.write(f"{name} {vm.pid}\\n")
+
+def _add(targets, name):
+    t = targets.shared("file", "rw")
+    vm = targets.hotplug_qemu(t)
+    _record(name, vm)
+    assert vm.nodes() == {}, f"{name} was lent a QEMU with nodes in it"
+    return t, vm, t.node("n0", **{"read-only": True})
+
+def test_first(targets):
+    t, vm, opts = _add(targets, "first")
+    assert observe.add_node(vm, opts, t).ro == {"n0": True}
+    observe.assert_released(vm, t, "first")
+
+def test_second_reuses_and_leaves_a_node(targets):
+    t, vm, opts = _add(targets, "second")
+    vm.execute("blockdev-add", opts)
+    vm.execute("blockdev-add", t.node("extra", **{"read-only": True}))
+    observe.assert_released(vm, t, "second")  # n0 goes, "extra" stays: must fail
+
+def test_third_gets_a_fresh_one(targets):
+    t, vm, opts = _add(targets, "third")
+    vm.execute("blockdev-add", opts)
+    observe.assert_released(vm, t, "third")
+'''
+
+
+def test_hotplug_qemu_is_lent_clean_or_replaced(inner, monkeypatch):
+    marker = inner.path / "pids.txt"
+    monkeypatch.setenv("QB_MARKER", str(marker))
+    inner.suite(HOTPLUG_SUITE)
+
+    r = inner.run("-p", "no:randomly", "-p", "no:random_order")
+
+    r.assert_outcomes(passed=2, failed=1)
+    r.stdout.fnmatch_lines(["*second: blockdev-del n0 left nodes ?'extra'? in qemu-hotplug*"])
+    pids = dict(line.split() for line in marker.read_text().splitlines())
+    assert pids["first"] == pids["second"], f"the hot-plug QEMU was not shared: {pids}"
+    assert pids["third"] != pids["second"], f"a QEMU with a node left was lent again: {pids}"
+    assert running([int(p) for p in pids.values()]) == [], "hot-plug QEMUs outlived their module"
+    assert_no_leak(inner)

@@ -55,8 +55,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="where kept evidence goes (default: <rootdir>/qemublock-evidence; the "
                          "first test of a run that keeps evidence clears the previous run's)")
     group.addoption("--qb-basetemp", metavar="DIR", default=None,
-                    help="directory for images and work files (default: a fresh /tmp/qb-* "
-                         "per pytest process); spaces and commas are fine")
+                    help="directory for images and work files (default: /dev/shm if it is a "
+                         "tmpfs with 1 GiB free, else $TMPDIR or /tmp; a fresh qb-* dir per "
+                         "pytest process below it); spaces and commas are fine")
     group.addoption("--qb-keep-workdirs", action="store_true",
                     help="do not delete images and work files at the end of the run")
     group.addoption("--backend", action="append", metavar="GLOB[,GLOB]",

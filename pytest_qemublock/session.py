@@ -76,6 +76,31 @@ class Settings:
         )
 
 
+SHM = "/dev/shm"
+SHM_MIN_FREE = 1 << 30
+
+
+def default_basetemp(shm: str = SHM) -> str | None:
+    """Where work dirs go without ``--qb-basetemp``: /dev/shm if it is a writable tmpfs
+    with at least 1 GiB free, else ``None`` (tempfile's choice, ``$TMPDIR`` or /tmp).
+
+    Every case creates a work dir, log files and a QMP transcript and removes them
+    again; on ext4 that file-system metadata work cost ~3 ms of CPU per case (open
+    with O_CREAT alone ~0.2 ms), a tenth of the whole run. file-posix's read-only
+    handling (open flags, permissions, OFD locks) is the same on tmpfs; to run on
+    another file system, pass ``--qb-basetemp``.
+    """
+    try:
+        with open("/proc/self/mounts", encoding="utf-8") as f:
+            fstype = next((cols[2] for cols in (line.split() for line in f) if cols[1] == shm), None)
+        st = os.statvfs(shm)
+    except OSError:
+        return None
+    if fstype != "tmpfs" or not os.access(shm, os.W_OK | os.X_OK):
+        return None
+    return shm if st.f_bavail * st.f_frsize >= SHM_MIN_FREE else None
+
+
 class QemuBlockSession:
     """What every fixture of one pytest process shares."""
 
@@ -91,7 +116,7 @@ class QemuBlockSession:
         state_dir = Path(tempfile.gettempdir()) / f"qemublock-{os.getuid()}-procs"
         state_dir.mkdir(mode=0o700, exist_ok=True)
         self.reaped = reap_stale(state_dir)
-        self.registry = ProcessRegistry(state_dir / f"{os.getpid()}.procs.json")
+        self.registry = ProcessRegistry(state_dir / f"{os.getpid()}.procs.jsonl")
         self.registry.install()
 
     # -- builds -----------------------------------------------------------------
@@ -132,7 +157,7 @@ class QemuBlockSession:
         but nobody may list it.
         """
         if self._root is None:
-            base = self.settings.basetemp
+            base = self.settings.basetemp or default_basetemp()
             if base:
                 Path(base).mkdir(parents=True, exist_ok=True)
             prefix = f"qb-{self.settings.worker_id}-"

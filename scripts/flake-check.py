@@ -10,13 +10,13 @@ the first serial run. After every run it looks for what the run left behind:
 * processes: anything still alive that carries the run's token in its
   environment (every child inherits it, even one that called setsid()) or
   that is in the run's session (pytest is started in a new session);
-* mounts: /proc/mounts entries below the run's work dir or new ones below /tmp/qb*;
+* mounts: /proc/mounts entries below the run's work dir or new ones below /tmp/qb* or /dev/shm/qb*;
 * locks: /proc/locks entries that are new since before the run, held on a
   file below the run's work dir or by one of the run's processes;
 * files: sockets (or anything else) left in the run's work dir
   (``--qb-basetemp``), which the plugin empties at session end.
 
-New qemu*/nbdkit processes and /tmp/qb* mounts that cannot be tied to the run
+New qemu*/nbdkit processes and /tmp/qb* and /dev/shm/qb* mounts that cannot be tied to the run
 are reported as "unattributed" (another session on the machine may own them)
 and do not count as leftovers.
 
@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--pytest-arg", action="append", default=[], metavar="ARG",
                    help="extra pytest argument (repeatable)")
     p.add_argument("--workdir", type=Path, default=None,
-                   help="where run directories go (default: a new /tmp/qbf-*); kept if "
+                   help="where run directories go (default: a new qbf-* in /dev/shm or /tmp); kept if "
                         "something went wrong")
     p.add_argument("--timeout", type=float, default=1800, help="limit per pytest run, seconds")
     p.add_argument("--live", action="store_true",
@@ -89,7 +89,10 @@ def main(argv: list[str] | None = None) -> int:
         print("flake-check: no serial mode: the first run of the first mode is the reference",
               file=sys.stderr)
     base_seed = args.seed if args.seed is not None else random.randrange(1, 10**6)
-    work = args.workdir or Path(tempfile.mkdtemp(prefix="qbf-", dir="/tmp"))
+    # Where the suites' work dirs go by default (/dev/shm if a roomy tmpfs): what CI runs.
+    from pytest_qemublock.session import default_basetemp
+
+    work = args.workdir or Path(tempfile.mkdtemp(prefix="qbf-", dir=default_basetemp() or "/tmp"))
     # eacces storage runs QEMU as uid 65534: it must be able to traverse this.
     work.chmod(0o755)
     work.mkdir(parents=True, exist_ok=True)
@@ -290,7 +293,7 @@ def qb_mounts() -> list[str]:
     out = []
     for line in _read("/proc/mounts").decode(errors="replace").splitlines():
         parts = line.split()
-        if len(parts) > 1 and parts[1].startswith(("/tmp/qb", "/tmp/qemublock")):
+        if len(parts) > 1 and parts[1].startswith(("/tmp/qb", "/tmp/qemublock", "/dev/shm/qb")):
             out.append(parts[1])
     return out
 

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from pytest_qemublock.process import read_state
+
 from helpers import assert_no_leak, our_processes, wait_gone
 
 BLOCKDEV = '''json.dumps({"driver": "file", "node-name": "f0", "filename": str(img.path),
@@ -199,8 +201,8 @@ def test_interrupted_session_leaves_nothing(inner, monkeypatch, sig):
 def test_sigkilled_pytest_takes_qemu_down(inner, monkeypatch):
     proc, qemu_pid = _start_sleeper(inner, monkeypatch)
     state_dir = inner.path / "tmp" / f"qemublock-{os.getuid()}-procs"
-    state = json.loads((state_dir / f"{proc.pid}.procs.json").read_text())
-    assert qemu_pid in [p["pid"] for p in state["procs"]], state  # recorded for the next run
+    owner, procs = read_state(state_dir / f"{proc.pid}.procs.jsonl")
+    assert owner == proc.pid and qemu_pid in [p["pid"] for p in procs], procs  # for the next run
 
     proc.kill()
     proc.wait(10)
@@ -217,7 +219,7 @@ def test_sigkilled_pytest_takes_qemu_down(inner, monkeypatch):
     reaped = [line for line in r.outlines if "killed processes left by an earlier crashed run" in line]
     assert survivors == [], f"QEMU outlived the SIGKILLed pytest: {survivors}; next run: {reaped}"
     assert reaped == []
-    assert not (state_dir / f"{proc.pid}.procs.json").exists()
+    assert not (state_dir / f"{proc.pid}.procs.jsonl").exists()
     assert_no_leak(inner, timeout=0.5)
 
 
@@ -236,12 +238,16 @@ def test_next_run_reaps_survivors_of_a_crashed_run(inner, monkeypatch):
         def start(pid: int) -> str:
             return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
 
-        (state_dir / f"{dead.pid}.procs.json").write_text(json.dumps({"owner": dead.pid, "procs": [
-            {"pid": survivor.pid, "start": start(survivor.pid), "name": "qemu-left-behind"},
-            {"pid": reused.pid, "start": str(int(start(reused.pid)) - 1), "name": "not-ours"},
-        ]}))
-        (state_dir / "alive.procs.json").write_text(json.dumps({"owner": os.getpid(), "procs": [
-            {"pid": foreign.pid, "start": start(foreign.pid), "name": "busy-elsewhere"}]}))
+        def journal(path: Path, owner: int, *entries: dict) -> None:
+            lines = [{"owner": owner}, *entries]
+            path.write_text("".join(json.dumps(e) + "\n" for e in lines))
+
+        journal(state_dir / f"{dead.pid}.procs.jsonl", dead.pid,
+                {"+": survivor.pid, "start": start(survivor.pid), "name": "qemu-left-behind"},
+                {"+": reused.pid, "start": str(int(start(reused.pid)) - 1), "name": "not-ours"},
+                {"+": 4194399, "start": "1", "name": "ended-normally"}, {"-": 4194399})
+        journal(state_dir / "alive.procs.jsonl", os.getpid(),
+                {"+": foreign.pid, "start": start(foreign.pid), "name": "busy-elsewhere"})
         inner.suite("def test_plain():\n    pass\n")
 
         r = inner.run()
@@ -252,8 +258,8 @@ def test_next_run_reaps_survivors_of_a_crashed_run(inner, monkeypatch):
         assert survivor.wait(5) == -signal.SIGKILL
         assert reused.poll() is None and foreign.poll() is None
         assert "not-ours" not in r.stdout.str() and "busy-elsewhere" not in r.stdout.str()
-        assert not (state_dir / f"{dead.pid}.procs.json").exists()
-        assert (state_dir / "alive.procs.json").exists()
+        assert not (state_dir / f"{dead.pid}.procs.jsonl").exists()
+        assert (state_dir / "alive.procs.jsonl").exists()
     finally:
         for p in (survivor, reused, foreign):
             p.kill()

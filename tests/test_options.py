@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
+from pathlib import Path
 
 import pytest
 
@@ -213,3 +215,16 @@ def _installed_version() -> str:
     m = re.search(r"version (\d+\.\d+\.\d+)", out)
     assert m, out
     return m.group(1)
+
+
+def test_work_dirs_default_to_a_roomy_tmpfs_only(tmp_path):
+    from pytest_qemublock.session import default_basetemp
+
+    assert default_basetemp(str(tmp_path / "missing")) is None
+    assert default_basetemp("/") is None, "the root file system is not a tmpfs"
+    mounts = Path("/proc/self/mounts").read_text().split("\n")
+    shm_is_tmpfs = any(line.split()[1:3] == ["/dev/shm", "tmpfs"] for line in mounts if line)
+    if shm_is_tmpfs and shutil.disk_usage("/dev/shm").free >= 1 << 30:
+        assert default_basetemp() == "/dev/shm"
+    else:
+        assert default_basetemp() is None

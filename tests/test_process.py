@@ -45,3 +45,23 @@ def test_exit_is_seen_without_reaping_until_the_group_is_killed(tmp_path):
         os.kill(child, signal.SIGKILL)
         raise AssertionError("the wrapper's child outlived its process group")
     reg.kill_all()
+
+
+def test_state_journal_records_live_processes_and_compacts(tmp_path):
+    from types import SimpleNamespace
+
+    from pytest_qemublock.process import StateJournal, read_state
+
+    path = tmp_path / "x.procs.jsonl"
+    journal = StateJournal(path)
+    a, b = SimpleNamespace(start_ticks="11", name="qemu"), SimpleNamespace(start_ticks="22", name="nbd")
+    journal.sync({100: a, 200: b})
+    journal.sync({200: b})
+    assert read_state(path) == (os.getpid(), [{"pid": 200, "start": "22", "name": "nbd"}])
+    with open(path, "a") as f:
+        f.write('{"+": 300, "sta')  # torn by a SIGKILL mid-write: ignored
+    assert read_state(path)[1] == [{"pid": 200, "start": "22", "name": "nbd"}]
+    for pid in range(1000, 1000 + StateJournal.COMPACT_AFTER):
+        journal.sync({pid: a})
+    journal.sync({})
+    assert path.read_text() == f'{{"owner": {os.getpid()}}}\n', "not compacted when nothing was live"

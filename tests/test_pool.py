@@ -4,47 +4,56 @@ from __future__ import annotations
 
 from helpers import assert_no_leak, running
 
-POOL_SUITE = '''
+RECORD = '''
 import json, os
+from pytest_qemublock import observe
 
-def _record(name, target):
+def _record(name, pid):
     with open(os.environ["QB_MARKER"], "a") as f:
-        f.write(f"{name} {target.server.proc.pid}\\n")
+        f.write(f"{name} {pid}\\n")
+'''
+
+
+def run_recording(inner, monkeypatch, suite: str):
+    """Run *suite* (which calls ``_record(name, pid)``); return the result and the pids."""
+    marker = inner.path / "pids.txt"
+    monkeypatch.setenv("QB_MARKER", str(marker))
+    inner.suite(RECORD + suite)
+    r = inner.run("-p", "no:randomly", "-p", "no:random_order")
+    return r, dict(line.split() for line in marker.read_text().splitlines())
+
+
+POOL_SUITE = '''
 
 def test_first(targets, qemu):
     t = targets.shared("nbd-qemu-nbd-unix", "ro")
-    _record("first", t)
+    _record("first", t.server.proc.pid)
     vm = qemu.start("-blockdev", json.dumps(t.node("n0", **{"read-only": True})))
     assert vm.node_ro("n0")
 
 def test_second_reuses(targets, qemu):
     t = targets.shared("nbd-qemu-nbd-unix", "ro")
-    _record("second", t)
+    _record("second", t.server.proc.pid)
     vm = qemu.start("-blockdev", json.dumps(t.node("n0", **{"read-only": True})))
     assert vm.node_ro("n0")
 
 def test_third_kills_it(targets):
     t = targets.shared("nbd-qemu-nbd-unix", "ro")
-    _record("third", t)
+    _record("third", t.server.proc.pid)
     os.kill(t.server.proc.pid, 9)
 
 def test_fourth_gets_a_new_one(targets, qemu):
     t = targets.shared("nbd-qemu-nbd-unix", "ro")
-    _record("fourth", t)
+    _record("fourth", t.server.proc.pid)
     vm = qemu.start("-blockdev", json.dumps(t.node("n0", **{"read-only": True})))
     assert vm.node_ro("n0")
 '''
 
 
 def test_shared_targets_are_reused_replaced_and_stopped(inner, monkeypatch):
-    marker = inner.path / "pids.txt"
-    monkeypatch.setenv("QB_MARKER", str(marker))
-    inner.suite(POOL_SUITE)
-
-    r = inner.run("-p", "no:randomly", "-p", "no:random_order")
+    r, pids = run_recording(inner, monkeypatch, POOL_SUITE)
 
     r.assert_outcomes(passed=4)
-    pids = dict(line.split() for line in marker.read_text().splitlines())
     assert pids["first"] == pids["second"] == pids["third"], f"not shared within the module: {pids}"
     assert pids["fourth"] != pids["third"], f"a dead shared server was handed out again: {pids}"
     assert running([int(p) for p in pids.values()]) == [], "shared servers outlived their module"
@@ -52,17 +61,10 @@ def test_shared_targets_are_reused_replaced_and_stopped(inner, monkeypatch):
 
 
 HOTPLUG_SUITE = '''
-import os, pytest
-from pytest_qemublock import observe
-
-def _record(name, vm):
-    with open(os.environ["QB_MARKER"], "a") as f:
-        f.write(f"{name} {vm.pid}\\n")
-
 def _add(targets, name):
     t = targets.shared("file", "rw")
     vm = targets.hotplug_qemu(t)
-    _record(name, vm)
+    _record(name, vm.pid)
     assert vm.nodes() == {}, f"{name} was lent a QEMU with nodes in it"
     return t, vm, t.node("n0", **{"read-only": True})
 
@@ -85,15 +87,10 @@ def test_third_gets_a_fresh_one(targets):
 
 
 def test_hotplug_qemu_is_lent_clean_or_replaced(inner, monkeypatch):
-    marker = inner.path / "pids.txt"
-    monkeypatch.setenv("QB_MARKER", str(marker))
-    inner.suite(HOTPLUG_SUITE)
-
-    r = inner.run("-p", "no:randomly", "-p", "no:random_order")
+    r, pids = run_recording(inner, monkeypatch, HOTPLUG_SUITE)
 
     r.assert_outcomes(passed=2, failed=1)
     r.stdout.fnmatch_lines(["*second: blockdev-del n0 left nodes ?'extra'? in qemu-hotplug*"])
-    pids = dict(line.split() for line in marker.read_text().splitlines())
     assert pids["first"] == pids["second"], f"the hot-plug QEMU was not shared: {pids}"
     assert pids["third"] != pids["second"], f"a QEMU with a node left was lent again: {pids}"
     assert running([int(p) for p in pids.values()]) == [], "hot-plug QEMUs outlived their module"

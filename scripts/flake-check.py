@@ -3,7 +3,7 @@
 
 Runs the suites ``--runs`` times (default 20) in each mode (default: serial,
 -n 2, -n 4), every run in a different random order (pytest-random-order,
-``--random-order-bucket=global`` with a seed per run, which xdist hands to
+``--random-order-bucket=global`` by default, with a seed per run, which xdist hands to
 its workers), and compares each case's outcome (from ``--qb-results``) with
 the first serial run. After every run it looks for what the run left behind:
 
@@ -59,6 +59,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("-k", dest="keyword", default=None, help="pytest -k expression")
     p.add_argument("--builds", nargs="+", default=[], metavar="[NAME=]DIR",
                    help="--qemu-build for each (default: the default build)")
+    p.add_argument("--bucket", default="global",
+                   choices=["global", "package", "module", "class", "parent", "grandparent"],
+                   help="pytest-random-order bucket (default global: any case may follow any "
+                        "other; module keeps each module's cases together, so the module-wide "
+                        "shared targets are started once per run, not once per stretch)")
     p.add_argument("--seed", type=int, default=None,
                    help="base seed (default: random); run i of mode m uses a seed derived from it")
     p.add_argument("--pytest-arg", action="append", default=[], metavar="ARG",
@@ -97,7 +102,8 @@ def main(argv: list[str] | None = None) -> int:
     work.chmod(0o755)
     work.mkdir(parents=True, exist_ok=True)
     tree = ROOT if args.live else snapshot_tree(work / "tree")
-    print(f"flake-check: {args.runs} run(s) x modes {', '.join(modes)}; base seed {base_seed}; "
+    print(f"flake-check: {args.runs} run(s) x modes {', '.join(modes)}; bucket {args.bucket}; "
+          f"base seed {base_seed}; "
           f"work dir {work}; testing {'the live tree' if args.live else f'a copy of {ROOT}'}",
           flush=True)
 
@@ -217,7 +223,7 @@ def run_once(args: argparse.Namespace, work: Path, tree: Path, i: int, mode: str
     basetemp = run_dir / "t"
     results = run_dir / "results.json"
     cmd = [sys.executable, "-m", "pytest", *args.suites, "-q", "--qb-no-summary",
-           "-p", "random_order", "--random-order-bucket=global", f"--random-order-seed={seed}",
+           "-p", "random_order", f"--random-order-bucket={args.bucket}", f"--random-order-seed={seed}",
            f"--qb-results={results}", f"--qb-basetemp={basetemp}",
            f"--qb-evidence-dir={run_dir / 'evidence'}"]
     if mode != "serial":

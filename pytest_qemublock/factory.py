@@ -68,19 +68,22 @@ class QemuFactory:
                     evidence=self.evidence, timeouts=self.timeouts, machine=machine,
                     wrapper=wrapper, name=self._name(name))
         self.instances.append(vm)
-        self.evidence.add_snapshot(lambda vm=vm: (f"{vm.name}-nodes", vm.qmp.try_execute(
-            "query-named-block-nodes", timeout=self.timeouts.shutdown) if vm.alive() else "process gone"))
+        self.evidence.add_snapshot(vm.nodes_snapshot)
         return vm
 
     def shutdown_all(self) -> list[str]:
         """Stop every instance; returns the problems (crashes) found."""
-        problems = []
-        for vm in reversed(self.instances):
-            try:
-                vm.shutdown()
-            except ProcessError as e:
-                problems.append(str(e))
-            finally:
-                self.registry.forget(vm.proc)
+        problems = [p for vm in reversed(self.instances) if (p := stop_instance(vm, self.registry))]
         self.instances.clear()
         return problems
+
+
+def stop_instance(vm: QemuInstance, registry: ProcessRegistry) -> str | None:
+    """Shut *vm* down and forget its process; the problem (a crash) if there was one."""
+    try:
+        vm.shutdown()
+    except ProcessError as e:
+        return str(e)
+    finally:
+        registry.forget(vm.proc)
+    return None

@@ -124,6 +124,13 @@ class QemuInstance:
     def alive(self) -> bool:
         return self.proc.alive()
 
+    def nodes_snapshot(self) -> tuple[str, Any]:
+        """``query-named-block-nodes`` for the evidence of a failed test (taken late: bounded)."""
+        if not self.alive():
+            return f"{self.name}-nodes", "process gone"
+        return f"{self.name}-nodes", self.qmp.try_execute("query-named-block-nodes",
+                                                           timeout=self.timeouts.shutdown)
+
     # -- shutdown ---------------------------------------------------------------------
     def shutdown(self) -> int:
         """``quit`` over QMP, wait, then kill. Returns the exit code.

@@ -136,6 +136,10 @@ def assert_untouched(qemu: QemuFactory, target: Target, what: str, why: str = ""
     """Stop the test's QEMUs (a crash fails here) and prove *target*'s image is bit-identical."""
     problems = qemu.shutdown_all()
     assert not problems, "\n".join(problems)
+    _assert_image_unchanged(target, what, why)
+
+
+def _assert_image_unchanged(target: Target, what: str, why: str) -> None:
     assert target.image.unchanged(), (
         f"{what}: {target.image.path} changed on {target.describe()}" + (f" {why}" if why else ""))
 
@@ -153,8 +157,7 @@ def assert_released(vm: QemuInstance, target: Target, what: str, why: str = "") 
         fds = hostfacts.fd_modes(vm.pid, target.fd_path)
         assert not fds, f"{what}: after blockdev-del n0, {vm.name} still has {fds} on {target.fd_path}"
     if target.readonly:
-        assert target.image.unchanged(), (
-            f"{what}: {target.image.path} changed on {target.describe()}" + (f" {why}" if why else ""))
+        _assert_image_unchanged(target, what, why)
 
 
 def check(exp: Expect, obs: Observed, *, what: str, build: str) -> None:

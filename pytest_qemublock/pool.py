@@ -22,11 +22,12 @@ one a fresh QEMU, never a wrong result.
 from __future__ import annotations
 
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .errors import ProcessError
 from .evidence import TestEvidence
+from .factory import stop_instance
 from .images import Tools
 from .machine import QemuInstance, launch
 from .servers.base import ServerContext
@@ -34,7 +35,27 @@ from .storage import Storage, make_storage
 
 if TYPE_CHECKING:
     from .backends import Provisioner, Target
+    from .process import ProcessRegistry
     from .session import QemuBlockSession
+
+
+@dataclass
+class _Shared:
+    """One shared target, the provisioner that owns its servers, and its hot-plug QEMU."""
+
+    owner: "Provisioner"
+    target: "Target"
+    vm: QemuInstance | None = None
+
+    def close(self, registry: "ProcessRegistry") -> list[str]:
+        problems = []
+        if self.vm is not None:
+            alive = self.vm.alive()
+            problem = stop_instance(self.vm, registry)
+            if problem and alive:  # a crash was already reported by the case it happened in
+                problems.append(problem)
+            self.vm = None
+        return problems + self.owner.close()
 
 
 class TargetPool:
@@ -44,19 +65,15 @@ class TargetPool:
         self.session = session
         self.label = label
         self._workdir: Path | None = None
-        self._entries: dict[tuple[str, str, str, str], tuple["Provisioner", "Target"]] = {}
-        self._vms: dict[int, tuple["Target", QemuInstance]] = {}  # by id() of the target
+        self._entries: dict[tuple[str, str, str, str], _Shared] = {}
 
     def get(self, prov: "Provisioner", backend: str, storage: str, recipe: str) -> "Target":
         """The shared target for this key, created through a provisioner of its own."""
         key = (prov.build.name, backend, storage, recipe)
         entry = self._entries.get(key)
-        if entry is not None and not _healthy(entry[0]):
+        if entry is not None and not _healthy(entry.owner):
             del self._entries[key]
-            vm = self._vms.pop(id(entry[1]), None)
-            if vm is not None:
-                self._stop(vm[1])
-            entry[0].close()
+            entry.close(self.session.registry)
             entry = None
         if entry is None:
             owner = self._provisioner(prov, "-".join(key))
@@ -65,46 +82,32 @@ class TargetPool:
             except BaseException:
                 owner.close()
                 raise
-            entry = self._entries[key] = (owner, target)
-        owner, target = entry
-        for proc in owner.server_ctx.evidence.processes:
+            entry = self._entries[key] = _Shared(owner, target)
+        for proc in entry.owner.server_ctx.evidence.processes:
             prov.server_ctx.evidence.add_process(proc)
-        return target
+        return entry.target
 
     def hotplug_qemu(self, prov: "Provisioner", target: "Target") -> QemuInstance:
         """A QEMU (``-M none``, no nodes) kept running for the module's cases on the shared
         *target*, lent to the test *prov* belongs to."""
-        owner = next((o for o, t in self._entries.values() if t is target), None)
-        if owner is None:
+        entry = next((e for e in self._entries.values() if e.target is target), None)
+        if entry is None:
             raise ValueError(f"{target.describe()} is not one of this module's shared targets")
         evidence = prov.server_ctx.evidence
-        entry = self._vms.get(id(target))
-        vm = entry[1] if entry is not None and entry[0] is target else None
-        if vm is not None:
-            vm.qmp.retarget(evidence.transcript(vm.name))
-            if not _clean(vm):
-                self._stop(vm)
-                vm = None
-        if vm is None:
-            vm = launch("system", prov.build, [], accel=prov.accel, registry=self.session.registry,
-                        evidence=owner.server_ctx.evidence, timeouts=self.session.timeouts,
-                        wrapper=target.wrapper, name="qemu-hotplug")
-            self._vms[id(target)] = (target, vm)
-            vm.qmp.retarget(evidence.transcript(vm.name))
-        evidence.add_process(vm.proc)
-        evidence.add_snapshot(lambda: (f"{vm.name}-nodes", vm.qmp.try_execute(
-            "query-named-block-nodes", timeout=self.session.timeouts.shutdown)
-            if vm.alive() else "process gone"))
-        return vm
-
-    def _stop(self, vm: QemuInstance) -> list[str]:
-        try:
-            vm.shutdown()
-        except ProcessError as e:
-            return [str(e)]
-        finally:
-            self.session.registry.forget(vm.proc)
-        return []
+        if entry.vm is not None:
+            entry.vm.qmp.retarget(evidence.transcript(entry.vm.name))
+            if not _clean(entry.vm):
+                stop_instance(entry.vm, self.session.registry)
+                entry.vm = None
+        if entry.vm is None:
+            entry.vm = launch("system", prov.build, [], accel=prov.accel,
+                              registry=self.session.registry, evidence=entry.owner.server_ctx.evidence,
+                              timeouts=self.session.timeouts, wrapper=target.wrapper,
+                              name="qemu-hotplug")
+            entry.vm.qmp.retarget(evidence.transcript(entry.vm.name))
+        evidence.add_process(entry.vm.proc)
+        evidence.add_snapshot(entry.vm.nodes_snapshot)
+        return entry.vm
 
     def _provisioner(self, prov: "Provisioner", name: str) -> "Provisioner":
         from .backends import Provisioner
@@ -126,14 +129,8 @@ class TargetPool:
 
     def close(self) -> list[str]:
         problems = []
-        for _, vm in self._vms.values():
-            alive = vm.alive()
-            found = self._stop(vm)
-            if alive:  # a crash was already reported by the case it happened in
-                problems += found
-        self._vms.clear()
-        for owner, _ in self._entries.values():
-            problems += owner.close()
+        for entry in self._entries.values():
+            problems += entry.close(self.session.registry)
         self._entries.clear()
         if self._workdir is not None and not self.session.settings.keep_workdirs:
             shutil.rmtree(self._workdir, ignore_errors=True)

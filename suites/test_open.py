@@ -14,12 +14,17 @@ _BACKENDS = matrix.backend_storages()
 # Backends vary fastest: consecutive cases (and so both xdist workers at any moment) mix
 # CPU-bound backends with latency-bound ones (ssh: a handshake per open). In backend order,
 # both workers ran the ssh cases at the same time, with the CPUs 25-40% idle for 10 s.
-CASES = sorted(
-    matrix.cases(backend_storage=_BACKENDS, fmt=["proto", "qcow2"], interface=matrix.INTERFACES,
-                 ro=matrix.TRISTATE, aro=matrix.TRISTATE),
-    key=lambda p: (matrix.INTERFACES.index(p.values[0].interface), matrix.TRISTATE.index(p.values[0].ro),
-                   matrix.TRISTATE.index(p.values[0].aro), p.values[0].fmt,
-                   _BACKENDS.index((p.values[0].backend, p.values[0].storage))))
+
+
+def _backends_fastest(param):
+    c = param.values[0]
+    return (matrix.INTERFACES.index(c.interface), matrix.TRISTATE.index(c.ro),
+            matrix.TRISTATE.index(c.aro), c.fmt, _BACKENDS.index((c.backend, c.storage)))
+
+
+CASES = sorted(matrix.cases(backend_storage=_BACKENDS, fmt=["proto", "qcow2"],
+                            interface=matrix.INTERFACES, ro=matrix.TRISTATE, aro=matrix.TRISTATE),
+               key=_backends_fastest)
 
 
 def node_options(case, target):

@@ -106,15 +106,12 @@ class SshServer(Server):
         # A connection's sshd may have left the process group (privilege
         # separation): kill whatever is left in the namespace as well.
         try:
-            self.proc.stop()
+            super().stop()  # the activator: stopped, forgotten, its listener closed
             left = self.namespace.kill_all()
             if left:
                 raise ProcessError(f"sshd processes {left} survived SIGKILL")
         finally:
             self.namespace.close()
-            self.registry.forget(self.proc)
-            if self.listener is not None:
-                self.listener.close()
             try:
                 self.agent.stop()
             finally:
@@ -247,7 +244,7 @@ def _sshd_ready(ctx: ServerContext, proc: ManagedProcess, listener: Listener) ->
             raise ServerError(f"sshd listens on {listeners}, expected only 127.0.0.1:{listener.port}")
         deadline = time.monotonic() + ctx.timeouts.launch
         try:
-            with socket.create_connection(("127.0.0.1", listener.port), timeout=ctx.timeouts.launch) as s:
+            with listener.connect(ctx.timeouts.launch) as s:
                 banner, why = recv_until(s, lambda b: b"\n" in b, proc.alive, deadline)
         except OSError as e:
             banner, why = b"", str(e)

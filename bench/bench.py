@@ -178,7 +178,7 @@ def summary(values: list[float]) -> dict[str, Any]:
 
 
 def resolve_builds(specs: list[str]) -> list[Any]:
-    from pytest_qemublock import build as build_mod
+    from pytest_qemublock.qemu import build as build_mod
 
     if specs:
         return build_mod.resolve_builds(specs, lambda: None)  # type: ignore[arg-type,return-value]
@@ -188,7 +188,7 @@ def resolve_builds(specs: list[str]) -> list[Any]:
 
 def pick_accel(build: Any) -> str:
     """The accelerator the plugin's probe picks: qtest when the build has it."""
-    from pytest_qemublock.probe import static_facts
+    from pytest_qemublock.qemu.capabilities import static_facts
 
     return "qtest" if "qtest" in static_facts(build, 60)["accelerators"] else "tcg"
 
@@ -197,7 +197,7 @@ def bare_cycle(build: Any, accel: str) -> float:
     """Seconds for launch -> QMP greeting + capabilities -> quit -> exit, no harness."""
     from qemu.qmp import QMPClient
 
-    from pytest_qemublock.machine import qemu_argv
+    from pytest_qemublock.qemu.instance import qemu_argv
 
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     argv = qemu_argv("system", build, accel, "none", theirs.fileno(), [])
@@ -234,8 +234,8 @@ def bare_cycle(build: Any, accel: str) -> float:
 def harness_cycles(build: Any, accel: str, n: int) -> list[float]:
     """The same cycle through the plugin: registry.spawn, QmpSession, transcript, shutdown."""
     from pytest_qemublock.evidence import TestEvidence
-    from pytest_qemublock.machine import Timeouts, launch
-    from pytest_qemublock.process import ProcessRegistry
+    from pytest_qemublock.qemu.instance import Timeouts, launch
+    from pytest_qemublock.host.process import ProcessRegistry
 
     registry = ProcessRegistry()
     times = []

@@ -10,11 +10,11 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import time
 from pathlib import Path
 from typing import Any, Callable
 
-from .process import ManagedProcess
-from .qmp import Transcript
+from .host.process import ManagedProcess
 
 RETENTION = ("failed", "all", "none")
 
@@ -23,6 +23,29 @@ def safe_name(nodeid: str, limit: int = 120) -> str:
     """A file-system-safe, still readable directory name for a test id."""
     name = re.sub(r"[^A-Za-z0-9_.\-\[\]=]+", "_", nodeid.replace("::", "__")).strip("_")
     return name[:limit]
+
+
+class Transcript:
+    """Every QMP message in both directions, as JSON lines with timestamps."""
+
+    def __init__(self, path: Path, label: str) -> None:
+        self.path = path
+        self.label = label
+        self._t0 = time.monotonic()
+        self._file = open(path, "a", encoding="utf-8")
+
+    def record(self, direction: str, message: object) -> None:
+        entry = {
+            "t": round(time.monotonic() - self._t0, 6),
+            "peer": self.label,
+            "dir": direction,
+            "msg": message,
+        }
+        self._file.write(json.dumps(entry, default=str) + "\n")
+        self._file.flush()
+
+    def close(self) -> None:
+        self._file.close()
 
 
 class TestEvidence:

@@ -6,17 +6,17 @@ from typing import TYPE_CHECKING, Any, Iterator
 
 import pytest
 
-from . import build as build_mod
-from . import matrix
-from . import report
-from .errors import BuildError
+from .qemu import build as build_mod
+from .scenario import matrix
+from .reporting import report
+from .qemu.build import BuildError
 from .evidence import RETENTION, TestEvidence, safe_name
-from .factory import QemuFactory
-from .images import ImageFactory, Tools
+from .qemu.factory import QemuFactory
+from .storage.images import ImageFactory, Tools
 from .session import QemuBlockSession, Settings
 
 if TYPE_CHECKING:
-    from .backends import Provisioner
+    from .backends.base import Provisioner
 
 SESSION_KEY = pytest.StashKey[QemuBlockSession]()
 EVIDENCE_KEY = pytest.StashKey[TestEvidence]()
@@ -84,7 +84,8 @@ def pytest_configure(config: pytest.Config) -> None:
     settings = Settings.from_config(config)
     session = QemuBlockSession(settings)
     config.stash[SESSION_KEY] = session
-    config.pluginmanager.register(report.MatrixReport(config), "qemublock-report")
+    config.pluginmanager.register(
+        report.MatrixReport(config, lambda: session.resolved_builds), "qemublock-report")
     if _wanted(config):
         try:
             session.builds
@@ -101,7 +102,7 @@ def _wanted(config: pytest.Config) -> bool:
 def pytest_cmdline_main(config: pytest.Config) -> int | None:
     if not config.option.qb_list_backends:
         return None
-    from .backends import describe_backends
+    from .backends.base import describe_backends
 
     config._do_configure()
     try:
@@ -203,7 +204,7 @@ def qemu_build(request: pytest.FixtureRequest, qb_session: QemuBlockSession) -> 
             build = qb_session.builds[0]
     except BuildError as e:
         pytest.exit(f"qemublock: {e}", returncode=pytest.ExitCode.USAGE_ERROR)
-    from .requirements import check_requirements
+    from .qemu.requirements import check_requirements
 
     check_requirements(request.node, build, lambda: qb_session.capabilities(build))
     return build
@@ -263,7 +264,7 @@ def images(qemu_tools: Tools, qb_evidence: TestEvidence) -> ImageFactory:
 @pytest.fixture(scope="module")
 def qb_target_pool(request: pytest.FixtureRequest, qb_session: QemuBlockSession):  # type: ignore[no-untyped-def]
     """Targets shared by a module's open-and-close cases (``targets.shared``)."""
-    from .pool import TargetPool
+    from .backends.pool import TargetPool
 
     pool = TargetPool(qb_session, request.node.nodeid)
     yield pool
@@ -277,8 +278,8 @@ def targets(qemu_build: build_mod.QemuBuild, qemu_caps, qb_session: QemuBlockSes
             qb_evidence: TestEvidence, qemu_tools: Tools, qb_target_pool) -> Iterator["Provisioner"]:
     """Provide protocol nodes: ``targets.target(backend, storage, recipe)`` (servers
     stopped after the test) or ``targets.shared(...)`` (kept for the module)."""
-    from .backends import new_provisioner
-    from .servers.base import ServerContext
+    from .backends.base import new_provisioner
+    from .backends.server import ServerContext
 
     ctx = ServerContext(qemu_build, qb_session.registry, qb_evidence, qb_session.timeouts,
                         qb_session.sockdir)

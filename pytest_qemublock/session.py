@@ -16,11 +16,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
-from .build import QemuBuild, resolve_builds, resolve_default_build
-from .errors import BuildError
-from .machine import Timeouts
-from .probe import Capabilities, load_capabilities
-from .process import ProcessRegistry, reap_stale
+from .qemu.build import QemuBuild, resolve_builds, resolve_default_build
+from .qemu.build import BuildError
+from .qemu.instance import Timeouts
+from .qemu.capabilities import Capabilities, load_capabilities
+from .host.process import ProcessRegistry, reap_stale
 
 if TYPE_CHECKING:
     import pytest
@@ -133,6 +133,11 @@ class QemuBlockSession:
                 raise
         return self._builds
 
+    @property
+    def resolved_builds(self) -> list[QemuBuild]:
+        """The builds resolved so far (none if resolution failed or never ran)."""
+        return list(self._builds or [])
+
     def build(self, name: str) -> QemuBuild:
         for b in self.builds:
             if b.name == name:
@@ -141,7 +146,7 @@ class QemuBlockSession:
 
     def capabilities(self, build: QemuBuild) -> Capabilities:
         if build.name not in self._caps:
-            from .probing import probe_build
+            from .qemu.probing import probe_build
 
             self._caps[build.name] = load_capabilities(
                 build, self.settings.cache_dir,

@@ -11,9 +11,11 @@ import json
 
 import pytest
 
-from pytest_qemublock import hostfacts, matrix, observe
+from pytest_qemublock.host import facts as hostfacts
+from pytest_qemublock.scenario import matrix
+from pytest_qemublock.scenario import observe
 from pytest_qemublock.expectations import O_RDONLY, O_RDWR, defaults
-from pytest_qemublock.servers import nbd
+from pytest_qemublock.backends import nbd
 
 pytestmark = pytest.mark.defaults
 
@@ -57,7 +59,7 @@ def observe_error(target):
 def test_backing_children_open_read_only(case, targets, qemu, qemu_build, qb_evidence):
     """Backing files found through the image header open read-only, whatever the top does."""
     st = targets.storage(case.storage)
-    from pytest_qemublock.images import ImageFactory
+    from pytest_qemublock.storage.images import ImageFactory
 
     top = ImageFactory(targets.tools, st.directory).from_recipe("chain")
     if case.storage != "rw":
@@ -156,7 +158,7 @@ class _refused:
         return self
 
     def __exit__(self, et, ev, tb):
-        from pytest_qemublock.errors import ServerError
+        from pytest_qemublock.backends.server import ServerError
 
         if et is None:
             raise AssertionError("the server started, but was expected to refuse")

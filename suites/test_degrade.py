@@ -25,10 +25,12 @@ from pathlib import Path
 
 import pytest
 
-from pytest_qemublock import hostfacts, matrix, observe
-from pytest_qemublock.backends import REGISTRY
+from pytest_qemublock.host import facts as hostfacts
+from pytest_qemublock.scenario import matrix
+from pytest_qemublock.scenario import observe
+from pytest_qemublock.backends.base import REGISTRY
 from pytest_qemublock.expectations import degrade
-from pytest_qemublock.images import Pattern
+from pytest_qemublock.storage.images import Pattern
 
 pytestmark = pytest.mark.degrade
 

@@ -17,9 +17,11 @@ image's bytes); flipping the storage to writable lets the writer in.
 """
 import pytest
 
-from pytest_qemublock import expectations, matrix, stepwise
+from pytest_qemublock import expectations
+from pytest_qemublock.scenario import matrix
+from pytest_qemublock.scenario import stepwise
 from pytest_qemublock.expectations import dynamic_aro as dynamic
-from pytest_qemublock.writers import (Attach, Detach, Flip, ReadExport, Reopen, WriterBench, export,
+from pytest_qemublock.scenario.writers import (Attach, Detach, Flip, ReadExport, Reopen, WriterBench, export,
                                       export_ro, nbd_add, scsi_cd, scsi_hd, virtio_blk)
 
 pytestmark = [pytest.mark.dynamic,

@@ -26,7 +26,9 @@ from pathlib import Path
 
 import pytest
 
-from pytest_qemublock import chains, matrix, stepwise
+from pytest_qemublock.scenario import chains
+from pytest_qemublock.scenario import matrix
+from pytest_qemublock.scenario import stepwise
 from pytest_qemublock.expectations import jobs
 
 pytestmark = [pytest.mark.jobs,

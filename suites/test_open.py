@@ -6,7 +6,9 @@ for a bare protocol node (``proto``) and for a qcow2 node over it.
 """
 import pytest
 
-from pytest_qemublock import expectations, matrix, observe
+from pytest_qemublock import expectations
+from pytest_qemublock.scenario import matrix
+from pytest_qemublock.scenario import observe
 
 pytestmark = pytest.mark.open
 

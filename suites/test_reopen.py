@@ -22,13 +22,15 @@ import json
 
 import pytest
 
-from pytest_qemublock import expectations, matrix, observe
-from pytest_qemublock.backends import READONLY_KINDS, REGISTRY
-from pytest_qemublock.errors import ProcessError
+from pytest_qemublock import expectations
+from pytest_qemublock.scenario import matrix
+from pytest_qemublock.scenario import observe
+from pytest_qemublock.backends.base import READONLY_KINDS, REGISTRY
+from pytest_qemublock.host.process import ProcessError
 from pytest_qemublock.expectations import O_RDWR
 from pytest_qemublock.expectations import reopen as rules
-from pytest_qemublock.images import Pattern
-from pytest_qemublock.stepwise import KnownQemuBug, with_known_bugs
+from pytest_qemublock.storage.images import Pattern
+from pytest_qemublock.scenario.stepwise import KnownQemuBug, with_known_bugs
 
 pytestmark = pytest.mark.reopen
 

@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from pytest_qemublock import hostfacts
+from pytest_qemublock.host import facts as hostfacts
 
 pytestmark = pytest.mark.smoke
 

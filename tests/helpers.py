@@ -21,7 +21,7 @@ from typing import Iterable
 
 import pytest
 
-from pytest_qemublock.build import BINARIES
+from pytest_qemublock.qemu.build import BINARIES
 
 #: iotests-style variables and others that would leak the developer's setup
 #: into inner runs (and xdist's, which would make an inner run think it is a worker).

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from pytest_qemublock.process import read_state
+from pytest_qemublock.host.process import read_state
 
 from helpers import assert_no_leak, our_processes, wait_gone
 
@@ -37,7 +37,7 @@ def test_crash_fails_with_signal_and_stderr(inner):
     # the call fails (QMP saw QEMU die) and teardown reports the crash as well
     r.assert_outcomes(failed=1, errors=1)
     r.stdout.fnmatch_lines([
-        "E * pytest_qemublock.errors.ProcessError: qemu died: killed by SIGSEGV (during query-status)",
+        "E * pytest_qemublock.host.process.ProcessError: qemu died: killed by SIGSEGV (during query-status)",
         "E * stderr: qemu-system-x86_64: warning: global no-such-driver.prop has invalid class name",
     ])
     r.stdout.fnmatch_lines([
@@ -61,7 +61,7 @@ def test_refused_start_shows_stderr_and_leaves_nothing(inner):
 
     r.assert_outcomes(failed=1)
     r.stdout.fnmatch_lines([
-        "E * pytest_qemublock.errors.LaunchError: qemu exited during start-up",
+        "E * pytest_qemublock.qemu.instance.LaunchError: qemu exited during start-up",
         "E * command: *qemu-system-x86_64 -M none * -device virtio-blk-pci,drive=nonexistent",
         "E * status: exit status 1",
         "E * stderr: qemu-system-x86_64: -device virtio-blk-pci,drive=nonexistent: *",
@@ -89,7 +89,7 @@ def test_event_timeout_fails_with_qmp_timeout(inner):
 
     r.assert_outcomes(failed=1)
     r.stdout.fnmatch_lines([
-        "E * pytest_qemublock.errors.QmpTimeout: qemu: event NEVER * did not arrive within 0.5s "
+        "E * pytest_qemublock.qemu.qmp.QmpTimeout: qemu: event NEVER * did not arrive within 0.5s "
         "(unconsumed events: none)",
     ])
     line = next(ln for ln in r.outlines if ln.startswith("waited "))
@@ -117,7 +117,7 @@ def test_hung_qemu_times_out_and_is_killed(inner):
 
     r.assert_outcomes(failed=1)
     r.stdout.fnmatch_lines([
-        "E * pytest_qemublock.errors.QmpTimeout: qemu: QMP query-status got no answer within 0.5s"])
+        "E * pytest_qemublock.qemu.qmp.QmpTimeout: qemu: QMP query-status got no answer within 0.5s"])
     # quit (1s) + wait (1s) + SIGTERM (1s) + SIGKILL, and a 5s try at the failure snapshot
     assert elapsed < 30, f"the inner run took {elapsed:.1f}s"
     assert_no_leak(inner, timeout=0.5)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from pytest_qemublock.build import BINARIES
+from pytest_qemublock.qemu.build import BINARIES
 
 from helpers import REAL, binary_line, header_line, link_dir
 

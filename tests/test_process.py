@@ -4,7 +4,7 @@ from __future__ import annotations
 import os
 import signal
 
-from pytest_qemublock.process import ProcessRegistry
+from pytest_qemublock.host.process import ProcessRegistry
 
 
 def test_no_killpg_after_the_leader_was_reaped(tmp_path, monkeypatch):
@@ -50,7 +50,7 @@ def test_exit_is_seen_without_reaping_until_the_group_is_killed(tmp_path):
 def test_state_journal_records_live_processes_and_compacts(tmp_path):
     from types import SimpleNamespace
 
-    from pytest_qemublock.process import StateJournal, read_state
+    from pytest_qemublock.host.process import StateJournal, read_state
 
     path = tmp_path / "x.procs.jsonl"
     journal = StateJournal(path)

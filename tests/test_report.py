@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from pytest_qemublock import report
-from pytest_qemublock.report import diff_main, program_name, render_matrix, render_text, strip_build
+from pytest_qemublock.reporting import report
+from pytest_qemublock.reporting.report import diff_main, program_name, render_matrix, render_text, strip_build
 
 from helpers import BASE_ARGS, link_dir
 

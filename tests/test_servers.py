@@ -22,10 +22,11 @@ import time
 
 import pytest
 
-from pytest_qemublock.errors import ServerError
-from pytest_qemublock.images import ImageFactory
-from pytest_qemublock.servers import http, iscsi, ports, ssh
-from pytest_qemublock.servers.ports import PortReservation
+from pytest_qemublock.backends.server import ServerError
+from pytest_qemublock.storage.images import ImageFactory
+from pytest_qemublock.backends import http, iscsi, ssh
+from pytest_qemublock.host import listeners as ports
+from pytest_qemublock.host.listeners import PortReservation
 
 from helpers import assert_gone, assert_only_loopback, host_state, ss_listeners
 from iscsi_wire import scsi_write

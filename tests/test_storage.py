@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from pytest_qemublock.images import ImageFactory
-from pytest_qemublock.servers import nbd
-from pytest_qemublock.storage import unavailable_reason
+from pytest_qemublock.storage.images import ImageFactory
+from pytest_qemublock.backends import nbd
+from pytest_qemublock.storage.local import unavailable_reason
 
 from helpers import assert_gone, assert_only_loopback, host_state
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from ..probe import Capabilities
-from . import O_RDONLY, O_RDWR, Expect, dynamic
+from ..qemu.capabilities import Capabilities
+from .common import O_RDONLY, O_RDWR, Expect, dynamic
 
 
 def expect_classic_drive(fmt: str, readonly_storage: bool, ro: bool, error: str, caps: Capabilities) -> Expect:

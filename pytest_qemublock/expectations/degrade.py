@@ -13,10 +13,10 @@ bdrv_inherited_options); ``qcow2`` likewise, with a qcow2 ``n0``.
 """
 from __future__ import annotations
 
-from ..backends import Target
-from ..matrix import Case
-from ..probe import Capabilities
-from . import NBD_RO_EXPORT, NODE_IS_READ_ONLY, O_RDONLY, Expect, dynamic, open_failed
+from ..backends.base import Target
+from ..scenario.matrix import Case
+from ..qemu.capabilities import Capabilities
+from .common import NBD_RO_EXPORT, NODE_IS_READ_ONLY, O_RDONLY, Expect, dynamic, open_failed
 from . import protocols
 from .open import effective_aro
 

@@ -37,12 +37,13 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-from ..backends import Target
-from ..probe import Capabilities
-from ..stepwise import StepExpect
-from ..writers import (EXPORT, EXPORT_RO, FILE_NODE, FMT_NODE, NBD_ADD, SCSI_CD, SCSI_HD, VIRTIO_BLK,
+from ..backends.base import Target
+from ..qemu.capabilities import Capabilities
+from ..scenario.stepwise import StepExpect
+from ..scenario.writers import (EXPORT, EXPORT_RO, FILE_NODE, FMT_NODE, NBD_ADD, SCSI_CD, SCSI_HD, VIRTIO_BLK,
                        Attach, Detach, Flip, ReadExport, Reopen, Step, User)
-from . import KNOWN_BUGS, NODE_IS_READ_ONLY, O_RDONLY, O_RDWR, dynamic, open_failed
+from ..scenario.known_bugs import KNOWN_BUGS
+from .common import NODE_IS_READ_ONLY, O_RDONLY, O_RDWR, dynamic, open_failed
 
 #: The S5(a) bug (behaviour.md S5(a), RESULTS.md C3); the same root cause as
 #: S5(b) (the reopen scenario's KNOWN_BUGS entry).

@@ -31,12 +31,14 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-from ..chains import LAYERS, Chain
-from ..images import Pattern
-from ..probe import Capabilities
-from ..stepwise import StepExpect
-from . import KNOWN_BUGS, NODE_IS_READ_ONLY, O_RDONLY, O_RDWR, dynamic
-from . import known_bug as _known_bug
+from ..scenario.chains import LAYERS, Chain
+from ..storage.images import Pattern
+from ..qemu.capabilities import Capabilities
+from ..scenario.stepwise import StepExpect
+from ..scenario.known_bugs import KNOWN_BUGS
+from ..scenario.known_bugs import known_bug as _known_bug
+from .common import NODE_IS_READ_ONLY, O_RDONLY, O_RDWR, dynamic
+
 
 BUG_ACTIVE_COMMIT_SOFT_CANCEL_KEEPS_BASE_RW = (
     "QEMU bug (7.2.22 and 10.0.2): block-job-cancel of an active block-commit after READY leaves the "

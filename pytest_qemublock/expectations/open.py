@@ -1,10 +1,10 @@
 """Expectations of the open scenario (suites/test_open.py)."""
 from __future__ import annotations
 
-from ..backends import Target
-from ..matrix import Case
-from ..probe import Capabilities
-from . import NBD_RO_EXPORT, NODE_IS_READ_ONLY, O_RDONLY, O_RDWR, Expect, dynamic, open_failed
+from ..backends.base import Target
+from ..scenario.matrix import Case
+from ..qemu.capabilities import Capabilities
+from .common import NBD_RO_EXPORT, NODE_IS_READ_ONLY, O_RDONLY, O_RDWR, Expect, dynamic, open_failed
 from . import protocols
 
 #: where each protocol driver refuses a read-write open (see protocols.py)

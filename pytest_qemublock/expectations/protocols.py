@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import re
 
-from ..backends import Target
+from ..backends.base import Target
 
 CURL_NO_WRITES = r"curl driver does not support writes"
 ISCSI_WRITE_PROTECTED = r"LUN is write protected"

@@ -20,10 +20,10 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
-from ..backends import Target
-from ..matrix import Case
-from ..probe import Capabilities
-from . import NBD_CANT_REOPEN_RW, NODE_IS_READ_ONLY, O_RDONLY, O_RDWR, Expect, dynamic, open_failed
+from ..backends.base import Target
+from ..scenario.matrix import Case
+from ..qemu.capabilities import Capabilities
+from .common import NBD_CANT_REOPEN_RW, NODE_IS_READ_ONLY, O_RDONLY, O_RDWR, Expect, dynamic, open_failed
 from . import protocols
 from .open import expect_open
 

@@ -1,0 +1,194 @@
+"""NBD servers: qemu-nbd, qemu-storage-daemon, nbdkit, and an export of a second QEMU.
+
+All of them export the image's bytes (format ``raw``) so the QEMU under test
+runs the format driver itself, exactly as with a local file.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+import struct
+import time
+from typing import Callable
+from pathlib import Path
+
+from .server import ServerError
+from ..qemu.instance import Wrapper, launch
+from ..host.listeners import Listener, recv_until, socket_activation
+from .server import Server, ServerContext
+
+NBD_MAGIC = b"NBDMAGIC"
+IHAVEOPT = b"IHAVEOPT"
+_NBD_OPT_ABORT = 2
+_NBD_FLAG_C_FIXED_NEWSTYLE = 1
+_NBD_FLAG_C_NO_ZEROES = 2
+
+
+class NbdServer(Server):
+    """A running NBD server exporting one image."""
+
+    def __init__(self, kind: str, proc, registry, listener: Listener | None, readonly: bool,  # type: ignore[no-untyped-def]
+                 export: str, owner=None) -> None:  # type: ignore[no-untyped-def]
+        super().__init__(proc, registry, listener, readonly)
+        self.kind = kind
+        self.export = export
+        self._owner = owner  # a QemuInstance for the qemu-export server
+
+    def blockdev_options(self) -> dict:
+        """Protocol-node options for QEMU's nbd driver (without node-name)."""
+        opts: dict = {"driver": "nbd", "server": self.address}
+        if self.export:
+            opts["export"] = self.export
+        return opts
+
+    @property
+    def address(self) -> dict:
+        return self.listener.qapi_address()  # type: ignore[union-attr]
+
+    def uri(self) -> str:
+        """An ``nbd://`` / ``nbd+unix://`` URI, for ``-drive file=`` and tools."""
+        a = self.address
+        if a["type"] == "unix":
+            return f"nbd+unix:///{self.export}?socket={a['path']}"
+        return f"nbd://{a['host']}:{a['port']}/{self.export}"
+
+    def stop(self) -> None:
+        if self._owner is not None:
+            try:
+                self._owner.shutdown()
+            finally:
+                self.registry.forget(self._owner.proc)
+                if self.listener is not None:
+                    self.listener.close()
+            return
+        super().stop()
+
+
+def handshake(listener: Listener, timeout: float, who: str,
+              alive: Callable[[], bool] = lambda: True) -> None:
+    """Prove the server speaks NBD: read the greeting, then abort politely.
+
+    *alive* is polled while waiting, so a server that dies fails at once
+    instead of after the whole timeout.
+    """
+    try:
+        with listener.connect(timeout) as s:
+            greeting = _recv_exact(s, 18, alive, time.monotonic() + timeout)
+            if greeting[:8] != NBD_MAGIC or greeting[8:16] != IHAVEOPT:
+                raise ServerError(f"{who}: not an NBD newstyle greeting: {greeting!r}")
+            # One write: two small ones would meet Nagle + delayed ACK (40 ms) on TCP.
+            s.sendall(struct.pack(">I", _NBD_FLAG_C_FIXED_NEWSTYLE | _NBD_FLAG_C_NO_ZEROES)
+                      + IHAVEOPT + struct.pack(">II", _NBD_OPT_ABORT, 0))
+            try:
+                _recv_exact(s, 20, alive, time.monotonic() + timeout)  # a server may also just hang up
+            except (OSError, ServerError):
+                pass
+    except socket.timeout:
+        raise ServerError(f"{who}: no NBD greeting on {listener} within {timeout:.1f}s") from None
+    except OSError as e:
+        raise ServerError(f"{who}: NBD handshake on {listener} failed: {e}") from None
+
+
+def _recv_exact(s: socket.socket, n: int, alive: Callable[[], bool] = lambda: True,
+                deadline: float | None = None) -> bytes:
+    buf, why = recv_until(s, lambda b: len(b) >= n, alive, deadline)
+    if why == "exited":
+        raise ServerError("the server exited")
+    if why == "timeout":
+        raise socket.timeout(f"{len(buf)} of {n} bytes")
+    if why == "eof":
+        raise ServerError(f"connection closed after {len(buf)} of {n} bytes")
+    return buf[:n]
+
+
+def _ready(ctx: ServerContext, server: NbdServer, who: str) -> NbdServer:
+    try:
+        handshake(server.listener, ctx.timeouts.launch, who, server.proc.alive)  # type: ignore[arg-type]
+    except ServerError as e:
+        server.stop()
+        raise ServerError(f"{e}\n  command: {server.proc.command_line()}\n"
+                          f"  status: {server.proc.describe()}\n"
+                          f"  stderr: {server.proc.stderr_text().strip()}") from None
+    return server
+
+
+def start_qemu_nbd(ctx: ServerContext, image: Path, *, readonly: bool, transport: str = "unix",
+                   wrapper: Wrapper = Wrapper()) -> NbdServer:
+    """``qemu-nbd [-r] -t`` on a pre-bound socket (systemd socket activation)."""
+    listener = Listener(transport, ctx.sockdir, "qnbd")
+    argv = [str(ctx.build.path("nbd")), "-f", "raw", "-t", "-e", "16", "-x", "e0"]
+    if readonly:
+        argv.append("-r")
+    argv.append(str(image))
+    proc = ctx.registry.spawn([*wrapper.prefix, *socket_activation(argv, listener.fd)],
+                              name="qemu-nbd", log_dir=ctx.evidence.log_dir,
+                              env={**ctx.build.env, **wrapper.env}, pass_fds=[listener.fd])
+    ctx.evidence.add_process(proc)
+    listener.release()
+    return _ready(ctx, NbdServer("qemu-nbd", proc, ctx.registry, listener, readonly, "e0"), "qemu-nbd")
+
+
+def start_qsd_export(ctx: ServerContext, image: Path, *, readonly: bool, transport: str = "unix",
+                     wrapper: Wrapper = Wrapper()) -> NbdServer:
+    """``qemu-storage-daemon --nbd-server addr.type=fd`` exporting a raw node."""
+    listener = Listener(transport, ctx.sockdir, "qsd")
+    node = {"driver": "raw", "node-name": "n0", "read-only": readonly,
+            "file": {"driver": "file", "filename": str(image), "read-only": readonly}}
+    argv = [str(ctx.build.path("qsd")),
+            "--blockdev", json.dumps(node),
+            "--nbd-server", f"addr.type=fd,addr.str={listener.fd},max-connections=16",
+            "--export", f"type=nbd,id=e0,node-name=n0,name=e0,writable={'off' if readonly else 'on'}"]
+    proc = ctx.registry.spawn([*wrapper.prefix, *argv], name="qsd-nbd", log_dir=ctx.evidence.log_dir,
+                              env={**ctx.build.env, **wrapper.env}, pass_fds=[listener.fd])
+    ctx.evidence.add_process(proc)
+    listener.release()
+    return _ready(ctx, NbdServer("qsd", proc, ctx.registry, listener, readonly, "e0"), "qemu-storage-daemon")
+
+
+def start_nbdkit(ctx: ServerContext, image: Path, *, readonly: bool, transport: str = "unix",
+                 wrapper: Wrapper = Wrapper()) -> NbdServer:
+    """``nbdkit -f [-r] file`` on a pre-bound socket (nbdkit supports socket activation)."""
+    nbdkit = shutil.which("nbdkit")
+    if nbdkit is None:
+        raise ServerError("nbdkit is not installed (Debian package nbdkit)")
+    listener = Listener(transport, ctx.sockdir, "kit")
+    argv = [nbdkit, "-f", "--exportname", "e0"]
+    if readonly:
+        argv.append("-r")
+    argv += ["file", f"file={image}"]
+    proc = ctx.registry.spawn([*wrapper.prefix, *socket_activation(argv, listener.fd)],
+                              name="nbdkit", log_dir=ctx.evidence.log_dir, env=dict(wrapper.env),
+                              pass_fds=[listener.fd])
+    ctx.evidence.add_process(proc)
+    listener.release()
+    # nbdkit serves every export name; "e0" keeps the URI shape of the others.
+    return _ready(ctx, NbdServer("nbdkit", proc, ctx.registry, listener, readonly, "e0"), "nbdkit")
+
+
+def start_qemu_export(ctx: ServerContext, image: Path, *, readonly: bool, accel: str,
+                      transport: str = "unix", wrapper: Wrapper = Wrapper()) -> NbdServer:
+    """A second qemu-system exporting the image with ``nbd-server-start`` + ``block-export-add``."""
+    from ..qemu.qmp import QmpError
+
+    vm = launch("system", ctx.build, ["-blockdev", json.dumps(
+        {"driver": "raw", "node-name": "n0", "read-only": readonly,
+         "file": {"driver": "file", "filename": str(image), "read-only": readonly}})],
+        accel=accel, registry=ctx.registry, evidence=ctx.evidence, timeouts=ctx.timeouts,
+        wrapper=wrapper, name="qemu-export")
+    listener = Listener(transport, ctx.sockdir, "qexp")
+    # The pre-bound socket goes to QEMU over QMP (SCM_RIGHTS + getfd): no
+    # window in which another worker could take the port.
+    vm.qmp.pass_fd(listener.fd, "nbdlisten")
+    listener.release()
+    res = vm.try_execute("nbd-server-start", {"addr": {"type": "fd", "data": {"str": "nbdlisten"}},
+                                              "max-connections": 16})
+    if isinstance(res, QmpError):
+        vm.shutdown()
+        ctx.registry.forget(vm.proc)
+        listener.close()
+        raise ServerError(f"qemu-export: nbd-server-start failed: {res}")
+    vm.execute("block-export-add", {"type": "nbd", "id": "e0", "node-name": "n0", "name": "e0",
+                                    "writable": not readonly})
+    server = NbdServer("qemu-export", vm.proc, ctx.registry, listener, readonly, "e0", owner=vm)
+    return _ready(ctx, server, "qemu-export")

@@ -1,0 +1,152 @@
+"""Targets shared by the cases of one test module.
+
+The open matrix asks for the same (backend, storage, recipe) 36 times per
+build, and starting its server is the dearest part of many cases (tgtd
+50 ms to start and 110 ms to stop, sshd 50 ms, a QEMU export 40 ms). Cases
+that only open a node and close it again may share one target: the pool
+keeps one per key for the module, hands out a fresh one when the old one's
+processes died, and stops everything at module end.
+
+Cases that write, flip storage or stop servers must not share: they use
+``targets.target()``. A shared target's server shows up in each test's
+evidence (command line, stderr) like one of its own.
+
+A shared target can also come with a running QEMU to hot-plug nodes into
+(:meth:`TargetPool.hotplug_qemu`): ``blockdev-add``/``blockdev-del`` cycles
+on one QEMU, the way libvirt drives it, instead of one QEMU per case (a
+launch is ~20 ms of a 25 ms case). The QEMU is lent to one test at a time:
+its QMP transcript goes into that test's evidence, and it is only lent out
+with no node left in it, so a case that failed to clean up costs the next
+one a fresh QEMU, never a wrong result.
+"""
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from ..evidence import TestEvidence
+from ..qemu.factory import stop_instance
+from ..storage.images import Tools
+from ..qemu.instance import QemuInstance, launch
+from .server import ServerContext
+from ..storage.local import Storage, make_storage
+
+if TYPE_CHECKING:
+    from .base import Provisioner, Target
+    from ..host.process import ProcessRegistry
+    from ..session import QemuBlockSession
+
+
+@dataclass
+class _Shared:
+    """One shared target, the provisioner that owns its servers, and its hot-plug QEMU."""
+
+    owner: "Provisioner"
+    target: "Target"
+    vm: QemuInstance | None = None
+
+    def close(self, registry: "ProcessRegistry") -> list[str]:
+        problems = []
+        if self.vm is not None:
+            alive = self.vm.alive()
+            problem = stop_instance(self.vm, registry)
+            if problem and alive:  # a crash was already reported by the case it happened in
+                problems.append(problem)
+            self.vm = None
+        return problems + self.owner.close()
+
+
+class TargetPool:
+    """One module's shared targets (the ``qb_target_pool`` fixture)."""
+
+    def __init__(self, session: "QemuBlockSession", label: str) -> None:
+        self.session = session
+        self.label = label
+        self._workdir: Path | None = None
+        self._entries: dict[tuple[str, str, str, str], _Shared] = {}
+
+    def get(self, prov: "Provisioner", backend: str, storage: str, recipe: str) -> "Target":
+        """The shared target for this key, created through a provisioner of its own."""
+        key = (prov.build.name, backend, storage, recipe)
+        entry = self._entries.get(key)
+        if entry is not None and not _healthy(entry.owner):
+            del self._entries[key]
+            entry.close(self.session.registry)
+            entry = None
+        if entry is None:
+            owner = self._provisioner(prov, "-".join(key))
+            try:
+                target = owner.target(backend, storage, recipe)
+            except BaseException:
+                owner.close()
+                raise
+            entry = self._entries[key] = _Shared(owner, target)
+        for proc in entry.owner.server_ctx.evidence.processes:
+            prov.server_ctx.evidence.add_process(proc)
+        return entry.target
+
+    def hotplug_qemu(self, prov: "Provisioner", target: "Target") -> QemuInstance:
+        """A QEMU (``-M none``, no nodes) kept running for the module's cases on the shared
+        *target*, lent to the test *prov* belongs to."""
+        entry = next((e for e in self._entries.values() if e.target is target), None)
+        if entry is None:
+            raise ValueError(f"{target.describe()} is not one of this module's shared targets")
+        evidence = prov.server_ctx.evidence
+        if entry.vm is not None:
+            entry.vm.qmp.retarget(evidence.transcript(entry.vm.name))
+            if not _clean(entry.vm):
+                stop_instance(entry.vm, self.session.registry)
+                entry.vm = None
+        if entry.vm is None:
+            entry.vm = launch("system", prov.build, [], accel=prov.accel,
+                              registry=self.session.registry, evidence=entry.owner.server_ctx.evidence,
+                              timeouts=self.session.timeouts, wrapper=target.wrapper,
+                              name="qemu-hotplug")
+            entry.vm.qmp.retarget(evidence.transcript(entry.vm.name))
+        evidence.add_process(entry.vm.proc)
+        evidence.add_snapshot(entry.vm.nodes_snapshot)
+        return entry.vm
+
+    def _provisioner(self, prov: "Provisioner", name: str) -> "Provisioner":
+        from .base import Provisioner
+
+        if self._workdir is None:
+            self._workdir = self.session.new_workdir(f"shared targets of {self.label}")
+        workdir = self._workdir / name
+        evidence = TestEvidence(workdir, f"{self.label} [{name}]")
+        timeouts = self.session.timeouts
+        ctx = ServerContext(prov.build, self.session.registry, evidence, timeouts, self.session.sockdir)
+        tools = Tools(prov.build, evidence, timeouts, template_dir=prov.tools.template_dir)
+
+        def mk(kind: str) -> Storage:
+            return make_storage(kind, workdir / f"st-{kind}", self.session.registry, evidence, timeouts)
+
+        owner = Provisioner(prov.build, prov.accel, tools, ctx, mk)
+        owner.caps = prov.caps
+        return owner
+
+    def close(self) -> list[str]:
+        problems = []
+        for entry in self._entries.values():
+            problems += entry.close(self.session.registry)
+        self._entries.clear()
+        if self._workdir is not None and not self.session.settings.keep_workdirs:
+            shutil.rmtree(self._workdir, ignore_errors=True)
+        return problems
+
+
+def _clean(vm: QemuInstance) -> bool:
+    """Alive, and the last case removed every node it added."""
+    if not vm.alive():
+        return False
+    try:
+        return vm.qmp.try_execute("query-named-block-nodes", timeout=vm.timeouts.qmp) == []
+    except Exception:  # noqa: BLE001 - QMP gone or hung: not reusable either way
+        return False
+
+
+def _healthy(owner: "Provisioner") -> bool:
+    """Every process behind the target still runs (a crash elsewhere must not leak in)."""
+    return all(p.alive() for p in owner.server_ctx.evidence.processes)

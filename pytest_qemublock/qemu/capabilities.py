@@ -1,0 +1,169 @@
+"""What a QEMU build can do, probed once per binary and cached on disk.
+
+Suites ask "does this build have X" (a QMP command, a QAPI feature, a
+driver that really loads) instead of comparing version numbers. Probing costs
+one QEMU launch; the result is cached in a JSON file keyed by the binaries'
+path, size and mtime, shared by all xdist workers under an ``flock``.
+"""
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from .build import QemuBuild
+from ..host.process import run
+
+PROBE_FORMAT = 3
+
+#: Protocol drivers that Debian builds as loadable modules (qemu-block-extra).
+MODULE_DRIVERS = ("http", "https", "ssh", "iscsi", "nfs", "rbd", "gluster")
+
+
+@dataclass
+class Capabilities:
+    """Probed facts about one build."""
+
+    version: list[int]
+    package: str
+    accelerators: list[str]
+    machines: list[str]
+    formats: list[str]
+    commands: list[str]
+    events: list[str]
+    # object type (by its QAPI role, e.g. "BlockdevOptions.file") -> features
+    features: dict[str, list[str]] = field(default_factory=dict)
+    # "query-named-block-nodes" -> member names of BlockDeviceInfo
+    members: dict[str, list[str]] = field(default_factory=dict)
+    # protocol driver -> None if it loads, else the error text
+    driver_errors: dict[str, str | None] = field(default_factory=dict)
+
+    @property
+    def accel(self) -> str:
+        """``qtest`` where the build has it (no guest CPU at all), else ``tcg``."""
+        return "qtest" if "qtest" in self.accelerators else "tcg"
+
+    def has_command(self, name: str) -> bool:
+        return name in self.commands
+
+    def has_feature(self, where: str, feature: str) -> bool:
+        return feature in self.features.get(where, [])
+
+    def driver_loads(self, driver: str) -> bool:
+        return self.driver_errors.get(driver, "not probed") is None
+
+
+def _fingerprint(build: QemuBuild) -> str:
+    h = hashlib.sha256()
+    h.update(str(PROBE_FORMAT).encode())
+    for role, b in sorted(build.binaries.items()):
+        st = b.path.stat()
+        h.update(f"{role}:{b.path.resolve()}:{st.st_size}:{st.st_mtime_ns}\n".encode())
+    h.update(json.dumps(build.env, sort_keys=True).encode())
+    return h.hexdigest()[:20]
+
+
+def load_capabilities(build: QemuBuild, cache_dir: Path,
+                      probe: Callable[[QemuBuild], Capabilities]) -> Capabilities:
+    """Return the cached capabilities of *build*, probing under a file lock if needed."""
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    path = cache_dir / f"probe-{_fingerprint(build)}.json"
+    with open(cache_dir / "probe.lock", "a+") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            if path.exists():
+                try:
+                    return Capabilities(**json.loads(path.read_text()))
+                except (ValueError, TypeError):
+                    pass  # stale format: probe again
+            caps = probe(build)
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(asdict(caps), indent=1))
+            tmp.replace(path)
+            return caps
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def parse_help_list(text: str) -> list[str]:
+    """First word of each indented/help line, e.g. of ``-accel help``."""
+    names = []
+    for line in text.splitlines()[1:]:
+        word = line.strip().split(" ", 1)[0]
+        if word and re.fullmatch(r"[\w.-]+", word):
+            names.append(word)
+    return names
+
+
+def static_facts(build: QemuBuild, timeout: float) -> dict[str, Any]:
+    """Facts that need no QMP: accelerators, machines and formats."""
+    env = build.env
+    system = build.path("system")
+    accels = parse_help_list(run([system, "-accel", "help"], timeout=timeout, env=env).stdout)
+    machines = parse_help_list(run([system, "-machine", "help"], timeout=timeout, env=env).stdout)
+    img_help = run([build.path("img"), "--help"], timeout=timeout, env=env).stdout
+    m = re.search(r"Supported formats:(.*)", img_help)
+    formats = m.group(1).split() if m else []
+    return {"accelerators": accels, "machines": machines, "formats": formats}
+
+
+class Schema:
+    """Navigation in ``query-qmp-schema`` output (type names there are opaque numbers)."""
+
+    def __init__(self, entries: list[dict[str, Any]]) -> None:
+        self.by_name = {e["name"]: e for e in entries}
+        self.entries = entries
+
+    def commands(self) -> list[str]:
+        return sorted(e["name"] for e in self.entries if e.get("meta-type") == "command")
+
+    def events(self) -> list[str]:
+        return sorted(e["name"] for e in self.entries if e.get("meta-type") == "event")
+
+    def arg_type(self, command: str) -> dict[str, Any] | None:
+        cmd = self.by_name.get(command)
+        return self.by_name.get(cmd["arg-type"]) if cmd else None
+
+    def ret_element(self, command: str) -> dict[str, Any] | None:
+        cmd = self.by_name.get(command)
+        if not cmd:
+            return None
+        ret = self.by_name.get(cmd["ret-type"])
+        if ret and ret.get("meta-type") == "array":
+            ret = self.by_name.get(ret["element-type"])
+        return ret
+
+    def variant(self, obj: dict[str, Any] | None, case: str) -> dict[str, Any] | None:
+        for v in (obj or {}).get("variants", []):
+            if v["case"] == case:
+                return self.by_name.get(v["type"])
+        return None
+
+
+def qmp_facts(schema_entries: list[dict[str, Any]]) -> dict[str, Any]:
+    """Commands, events, features and members the suites care about."""
+    schema = Schema(schema_entries)
+    features: dict[str, list[str]] = {}
+    blockdev = schema.arg_type("blockdev-add")
+    features["BlockdevOptions"] = list((blockdev or {}).get("features", []))
+    for case in ("file", "nbd", "raw", "qcow2", "http", "iscsi", "ssh"):
+        v = schema.variant(blockdev, case)
+        if v is not None:
+            features[f"BlockdevOptions.{case}"] = list(v.get("features", []))
+    members = {}
+    info = schema.ret_element("query-named-block-nodes")
+    if info is not None:
+        members["query-named-block-nodes"] = [m["name"] for m in info.get("members", [])]
+    export = schema.arg_type("block-export-add")
+    if export is not None:
+        members["block-export-add"] = [m["name"] for m in export.get("members", [])]
+    return {
+        "commands": schema.commands(),
+        "events": schema.events(),
+        "features": features,
+        "members": members,
+    }

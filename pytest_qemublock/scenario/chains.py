@@ -1,0 +1,114 @@
+"""A qcow2 backing chain base <- mid <- top on one storage, opened node by node.
+
+The chain comes from the ``chain`` recipe (each layer writes its own 64k
+pattern) and lives in one storage directory, so on ``erofs``/``eacces``
+storage every layer refuses writes. QEMU gets it with ``-blockdev`` the way
+libvirt does (iotest 247): a file node per layer with
+``auto-read-only=on``, a qcow2 node per layer, backing links by node name,
+the backing formats ``read-only=on``::
+
+    top-fmt (qcow2) -> top-file      top-fmt.backing = mid-fmt
+    mid-fmt (qcow2) -> mid-file      mid-fmt.backing = base-fmt
+    base-fmt (qcow2) -> base-file
+
+Block jobs then have to reopen a read-only layer read-write themselves.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Mapping
+
+from ..storage.images import Image, ImageFactory, Pattern, Tools
+from ..storage.local import Storage, unavailable_reason
+from .stepwise import StepResult, result
+
+if TYPE_CHECKING:
+    from ..backends.base import Provisioner
+    from ..qemu.instance import QemuInstance
+    from ..qemu.qmp import QmpError
+
+LAYERS = ("base", "mid", "top")
+NODES = tuple(f"{layer}-{kind}" for layer in LAYERS for kind in ("fmt", "file"))
+
+
+@dataclass
+class Chain:
+    """The three layers (host paths in :attr:`images`) on one storage."""
+
+    storage: Storage
+    images: dict[str, Image]  # layer -> image, created through the writable host path
+
+    @property
+    def readonly(self) -> bool:
+        return self.storage.kind != "rw"
+
+    def path(self, layer: str) -> Path:
+        """The path QEMU (inside the storage's wrapper) opens for *layer*."""
+        return self.storage.qemu_path(self.images[layer].path)
+
+    def qemu_paths(self) -> dict[str, Path]:
+        return {layer: self.path(layer) for layer in LAYERS}
+
+    def describe(self) -> str:
+        return f"chain base<-mid<-top on file-{self.storage.kind} ({self.storage.directory})"
+
+
+def make_chain(targets: "Provisioner", tools: Tools, storage_kind: str) -> Chain:
+    """Create the ``chain`` recipe on *storage_kind* storage; skips if the host cannot."""
+    import pytest
+
+    reason = unavailable_reason(storage_kind)
+    if reason:
+        pytest.skip(reason)
+    st = targets.storage(storage_kind)
+    top = ImageFactory(tools, st.directory).from_recipe("chain")
+    if storage_kind != "rw":
+        st.make_readonly()  # eacces: chmod 0444 the files just created
+    return Chain(st, dict(zip(LAYERS, reversed(top.chain()))))
+
+
+def blockdev_args(chain: Chain, *, top_ro: bool, base_file: Mapping[str, Any] | None = None) -> list[str]:
+    """``-blockdev`` arguments for the chain; *base_file* overrides base-file's options."""
+    args: list[str] = []
+    below = None
+    for layer in LAYERS:
+        file = {"driver": "file", "node-name": f"{layer}-file", "filename": str(chain.path(layer)),
+                "auto-read-only": True}
+        if layer == "base" and base_file:
+            file.update(base_file)
+        fmt: dict[str, Any] = {"driver": "qcow2", "node-name": f"{layer}-fmt", "file": f"{layer}-file",
+                               "read-only": top_ro if layer == "top" else True}
+        if below is not None:
+            fmt["backing"] = below
+        args += ["-blockdev", json.dumps(file), "-blockdev", json.dumps(fmt)]
+        below = f"{layer}-fmt"
+    return args
+
+
+def state(vm: "QemuInstance", chain: Chain, err: "QmpError | None" = None) -> StepResult:
+    """ro of the six named nodes and QEMU's fd mode per layer image."""
+    return result(vm, err, NODES, chain.qemu_paths())
+
+
+def block_jobs(vm: "QemuInstance") -> list[tuple[str, str]]:
+    """(job id, status) of every block job QEMU still has."""
+    return [(j["device"], j["status"]) for j in vm.execute("query-block-jobs")]
+
+
+def read_pattern(tools: Tools, image: Image, pattern: Pattern) -> tuple[bool, str]:
+    """``qemu-io -r`` *pattern* from *image* through its on-disk backing chain.
+
+    Returns (every byte matched, the command and what it printed).
+    """
+    cmd = f"read {pattern.io_args()}"
+    res = tools.io("-r", "-U", "-f", image.fmt, "-c", cmd, image.path, check=False)
+    out = (res.stdout + res.stderr).strip()
+    ok = res.returncode == 0 and "Pattern verification failed" not in out and " bytes at offset " in out
+    return ok, f"qemu-io -r -f {image.fmt} -c '{cmd}' {image.path} -> exit {res.returncode}: {out}"
+
+
+def backing_file(tools: Tools, image: Image) -> str | None:
+    """The backing file name recorded in *image*'s header (None: no backing file)."""
+    return tools.info(image.path).get("backing-filename")

@@ -1,0 +1,247 @@
+"""Users of a node that come and go: NBD exports and SCSI/virtio devices.
+
+A :class:`WriterBench` is one QEMU (``-M pc``, a virtio-scsi-pci bus, an NBD
+server) holding the node pair the dynamic scenario is about::
+
+    fmt0 (raw)  ->  f0 (file, auto-read-only=on, on the target's storage)
+
+and runs steps on it: users attach to ``fmt0`` and leave, ``f0`` is reopened,
+the storage is flipped, a read-only export is read back. Each step returns a
+:class:`~pytest_qemublock.stepwise.StepResult` with ``f0``/``fmt0``'s ``ro``
+and the access mode of QEMU's fd for the image, observed *after* the step
+(and after its completion event, for detaches).
+
+The NBD server gets its listening socket from us (:class:`Listener` +
+``getfd``), because an EACCES-storage QEMU runs as uid 65534 and could not
+create a socket in the plugin's private socket directory.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any, Union
+
+from ..backends.base import Target
+from ..qemu.factory import QemuFactory
+from ..storage.images import Tools
+from ..qemu.instance import QemuInstance
+from ..qemu.qmp import QmpError
+from ..host.listeners import Listener
+from .stepwise import StepResult, result
+
+#: node names on the bench
+FILE_NODE, FMT_NODE = "f0", "fmt0"
+
+#: kinds of users and what they need from fmt0
+EXPORT, EXPORT_RO, NBD_ADD, SCSI_HD, SCSI_CD, VIRTIO_BLK = (
+    "export", "export-ro", "nbd-server-add", "scsi-hd", "scsi-cd", "virtio-blk")
+KINDS = (EXPORT, EXPORT_RO, NBD_ADD, SCSI_HD, SCSI_CD, VIRTIO_BLK)
+
+
+@dataclass(frozen=True)
+class User:
+    """Something that attaches to fmt0: an NBD export or a guest device."""
+
+    kind: str
+    id: str
+    share_rw: bool = False  # devices only: share-rw=on
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ValueError(f"unknown user kind {self.kind!r} ({', '.join(KINDS)})")
+
+    @property
+    def is_device(self) -> bool:
+        return self.kind in (SCSI_HD, SCSI_CD, VIRTIO_BLK)
+
+    def __str__(self) -> str:
+        text = {EXPORT: "block-export-add writable=true", EXPORT_RO: "block-export-add writable=false",
+                NBD_ADD: "nbd-server-add writable=true", SCSI_HD: "device_add scsi-hd",
+                SCSI_CD: "device_add scsi-cd", VIRTIO_BLK: "device_add virtio-blk-pci"}[self.kind]
+        return f"{text} {self.id}" + (" share-rw=on" if self.share_rw else "")
+
+
+def export(id: str) -> User:
+    return User(EXPORT, id)
+
+
+def export_ro(id: str) -> User:
+    return User(EXPORT_RO, id)
+
+
+def nbd_add(id: str) -> User:
+    return User(NBD_ADD, id)
+
+
+def scsi_hd(id: str, share_rw: bool = False) -> User:
+    return User(SCSI_HD, id, share_rw)
+
+
+def scsi_cd(id: str) -> User:
+    return User(SCSI_CD, id)
+
+
+def virtio_blk(id: str, share_rw: bool = False) -> User:
+    return User(VIRTIO_BLK, id, share_rw)
+
+
+# -- steps -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Attach:
+    user: User
+
+    def __str__(self) -> str:
+        return f"attach: {self.user}"
+
+
+@dataclass(frozen=True)
+class Detach:
+    id: str
+
+    def __str__(self) -> str:
+        return f"detach {self.id}"
+
+
+@dataclass(frozen=True)
+class Reopen:
+    """``blockdev-reopen`` f0 with exactly these two options (others reset to defaults)."""
+
+    ro: bool
+    aro: bool
+
+    def __str__(self) -> str:
+        return (f"blockdev-reopen f0 {{read-only: {str(self.ro).lower()}, "
+                f"auto-read-only: {str(self.aro).lower()}}}")
+
+
+@dataclass(frozen=True)
+class ReadExport:
+    """Read the image's pattern back through NBD export *id* (the build's ``qemu-io -r``)."""
+
+    id: str
+
+    def __str__(self) -> str:
+        return f"read the image pattern through export {self.id}"
+
+
+@dataclass(frozen=True)
+class Flip:
+    """Make the storage accept (``writable``) or refuse writes from now on."""
+
+    writable: bool
+
+    def __str__(self) -> str:
+        return "storage accepts writes from now on" if self.writable else "storage refuses writes again"
+
+
+Step = Union[Attach, Detach, Reopen, ReadExport, Flip]
+
+
+class WriterBench:
+    """One QEMU with fmt0 -> f0 (auto-read-only=on) and the means to add and remove users."""
+
+    def __init__(self, qemu: QemuFactory, target: Target, tools: Tools, sockdir: Any) -> None:
+        if target.fd_path is None:
+            raise ValueError(f"{target.describe()}: the writer bench needs a file backend")
+        self.target = target
+        self.tools = tools
+        self.f0 = target.node(FILE_NODE, **{"auto-read-only": True})
+        self.fmt0 = {"driver": "raw", "node-name": FMT_NODE, "file": FILE_NODE}
+        self.vm: QemuInstance = qemu.start(
+            "-blockdev", json.dumps(self.f0), "-blockdev", json.dumps(self.fmt0),
+            "-device", "virtio-scsi-pci,id=scsi0", machine="pc", wrapper=target.wrapper)
+        self.listener = Listener("unix", sockdir, "dyn")
+        try:
+            self.vm.qmp.pass_fd(self.listener.fd, "nbdlisten")
+            self.vm.execute("nbd-server-start", {"addr": {"type": "fd", "data": {"str": "nbdlisten"}}})
+        except BaseException:
+            self.listener.close()
+            raise
+        self.attached: dict[str, User] = {}
+
+    def describe(self) -> str:
+        return (f"{FMT_NODE} raw over {FILE_NODE} file auto-read-only=on, "
+                f"{self.target.describe()} ({self.target.fd_path})")
+
+    def state(self, err: QmpError | None = None, detail: str = "") -> StepResult:
+        return result(self.vm, err, (FILE_NODE, FMT_NODE), {"image": self.target.fd_path}, detail)
+
+    # -- steps ---------------------------------------------------------------------------
+    def run(self, step: Step) -> StepResult:
+        if isinstance(step, Attach):
+            return self.attach(step.user)
+        if isinstance(step, Detach):
+            return self.detach(step.id)
+        if isinstance(step, Reopen):
+            opts = self.target.node(FILE_NODE, **{"read-only": step.ro, "auto-read-only": step.aro})
+            return self.state(self.vm.execute_error("blockdev-reopen", {"options": [opts]}))
+        if isinstance(step, ReadExport):
+            return self.read(step.id)
+        if isinstance(step, Flip):
+            (self.target.make_writable if step.writable else self.target.make_readonly)()
+            return self.state()
+        raise TypeError(f"unknown step {step!r}")
+
+    def attach(self, user: User) -> StepResult:
+        if user.kind in (EXPORT, EXPORT_RO):
+            err = self.vm.execute_error("block-export-add", {
+                "type": "nbd", "id": user.id, "name": user.id, "node-name": FMT_NODE,
+                "writable": user.kind == EXPORT})
+        elif user.kind == NBD_ADD:
+            err = self.vm.execute_error("nbd-server-add", {"device": FMT_NODE, "name": user.id,
+                                                           "writable": True})
+        else:
+            args: dict[str, Any] = {"driver": {SCSI_HD: "scsi-hd", SCSI_CD: "scsi-cd",
+                                               VIRTIO_BLK: "virtio-blk-pci"}[user.kind],
+                                    "id": user.id, "drive": FMT_NODE}
+            if user.kind != VIRTIO_BLK:
+                args["bus"] = "scsi0.0"
+            if user.share_rw:
+                args["share-rw"] = True
+            err = self.vm.execute_error("device_add", args)
+        if err is None:
+            self.attached[user.id] = user
+        return self.state(err)
+
+    def detach(self, id: str) -> StepResult:
+        """Remove user *id* and wait (with a timeout) until QEMU says it is gone."""
+        user = self.attached.get(id)
+        if user is None:
+            raise ValueError(f"detach {id}: not attached (attached: {sorted(self.attached)})")
+        if user.kind == VIRTIO_BLK:
+            raise ValueError("virtio-blk-pci unplug needs a guest: DEVICE_DELETED never comes under -S")
+        timeout = self.vm.timeouts.event
+        if user.is_device:
+            err = self.vm.execute_error("device_del", {"id": id})
+            if err is None:
+                self.vm.wait_event("DEVICE_DELETED", {"device": id}, timeout=timeout)
+        else:
+            if user.kind == NBD_ADD:
+                err = self.vm.execute_error("nbd-server-remove", {"name": id})
+            else:
+                err = self.vm.execute_error("block-export-del", {"id": id})
+            if err is None:
+                # nbd-server-add names the export's id after the export name
+                self.vm.wait_event("BLOCK_EXPORT_DELETED", {"id": id}, timeout=timeout)
+        if err is None:
+            del self.attached[id]
+        return self.state(err)
+
+    def uri(self, id: str) -> str:
+        return f"nbd+unix:///{id}?socket={self.listener.path}"
+
+    def read(self, id: str) -> StepResult:
+        """``qemu-io -r`` the first pattern of the image's recipe through export *id*."""
+        pattern = self.target.image.patterns[0]
+        cmd = f"read {pattern.io_args()}"
+        res = self.tools.io("-r", "-f", "raw", "-c", cmd, self.uri(id), check=False)
+        out = (res.stdout + res.stderr).strip()
+        ok = res.returncode == 0 and "Pattern verification failed" not in out and " bytes at offset " in out
+        state = self.state(detail=f"qemu-io -r -f raw -c '{cmd}' {self.uri(id)} -> exit {res.returncode}: {out}")
+        state.ok, state.error = ok, "" if ok else out
+        return state
+
+    def close(self) -> None:
+        self.listener.close()

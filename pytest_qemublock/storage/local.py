@@ -1,0 +1,242 @@
+"""Storage that really refuses writes, also for root.
+
+Root ignores 0444, so a read-only image needs one of:
+
+* ``erofs``: a read-only bind mount in a private mount namespace. A holder
+  process keeps the namespace alive; QEMU and servers join it with
+  ``nsenter``. The host never sees the mount, so nothing can leak into it.
+* ``eacces``: a 0444 file opened by a QEMU running as an unprivileged uid
+  (``setpriv``).
+
+Both let the test create images through the writable host path and flip
+the storage between read-only and writable while QEMU runs.
+"""
+from __future__ import annotations
+
+import functools
+import os
+import shutil
+import stat
+from pathlib import Path
+
+from ..errors import QemuBlockError
+from ..evidence import TestEvidence
+from ..qemu.instance import Timeouts, Wrapper
+from ..host.process import ManagedProcess, ProcessRegistry, run
+
+
+class StorageUnavailable(QemuBlockError):
+    """A storage provider cannot work on this host; the message says what to install."""
+
+#: uid/gid an ``eacces`` QEMU runs as (Debian's ``nobody``).
+UNPRIVILEGED = 65534
+
+KINDS = ("rw", "erofs", "eacces")
+
+
+class Storage:
+    """A directory whose files QEMU (started with :attr:`wrapper`) may write or not."""
+
+    kind = "rw"
+    #: strerror QEMU reports when this storage refuses a read-write open
+    error_text: str | None = None
+
+    def __init__(self, workdir: Path) -> None:
+        self.directory = workdir / "data"
+        self.directory.mkdir(parents=True, exist_ok=True)
+        os.chmod(self.directory, 0o755)
+        self.readonly = False
+
+    @property
+    def wrapper(self) -> Wrapper:
+        """How to start a process so that it sees this storage."""
+        return Wrapper()
+
+    def qemu_path(self, host_path: Path) -> Path:
+        """The path under which QEMU (inside :attr:`wrapper`) opens *host_path*."""
+        return host_path
+
+    def make_readonly(self) -> None:
+        self.readonly = False  # plain storage cannot refuse writes
+
+    def make_writable(self) -> None:
+        self.readonly = False
+
+    def write_probe(self) -> str | None:
+        """Try to write through the storage as QEMU would; return the error, or None."""
+        probe = self.directory / ".write-probe"
+        probe.touch()
+        res = run([*self.wrapper.prefix, "sh", "-c", 'echo x >> "$1"', "sh",
+                   str(self.qemu_path(probe))], timeout=20)
+        return res.stderr.strip() or None if res.returncode else None
+
+    def close(self) -> None:
+        pass
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.directory} {'ro' if self.readonly else 'rw'}>"
+
+
+class ErofsStorage(Storage):
+    """Read-only bind mount of the data directory in a private mount namespace."""
+
+    kind = "erofs"
+    error_text = "Read-only file system"
+
+    def __init__(self, workdir: Path, registry: ProcessRegistry, evidence: TestEvidence,
+                 timeouts: Timeouts) -> None:
+        super().__init__(workdir)
+        self.timeouts = timeouts
+        self.mountpoint = workdir / "ro"
+        self.mountpoint.mkdir(exist_ok=True)
+        self.holder: ManagedProcess = registry.spawn(
+            ["unshare", "--mount", "--propagation", "private", "--", "sleep", "infinity"],
+            name="mntns-holder", log_dir=evidence.log_dir)
+        self._registry = registry
+        self._ns("mount", "--bind", self.directory, self.mountpoint)
+        self.make_readonly()
+
+    def _ns(self, *args: object) -> None:
+        # The holder may not have entered its namespace yet right after
+        # spawn; nsenter into the host namespace would be a silent disaster,
+        # so compare namespace ids first.
+        self._wait_for_namespace()
+        run(["nsenter", "-t", str(self.holder.pid), "-m", "--", *map(str, args)],
+            timeout=self.timeouts.tool, check=True)
+
+    def _wait_for_namespace(self) -> None:
+        import time
+
+        own = os.readlink("/proc/self/ns/mnt")
+        deadline = time.monotonic() + self.timeouts.launch
+        while time.monotonic() < deadline:
+            if not self.holder.alive():
+                raise StorageUnavailable(
+                    f"unshare --mount failed: {self.holder.stderr_text().strip()} "
+                    "(needs root or user namespaces; Debian package util-linux)")
+            try:
+                if os.readlink(f"/proc/{self.holder.pid}/ns/mnt") != own and \
+                        Path(f"/proc/{self.holder.pid}/comm").read_text().strip() == "sleep":
+                    return
+            except OSError:
+                pass
+            time.sleep(0.002)
+        raise StorageUnavailable("mount namespace holder did not start")
+
+    @property
+    def wrapper(self) -> Wrapper:
+        return Wrapper(("nsenter", "-t", str(self.holder.pid), "-m", "--"), label="erofs")
+
+    def qemu_path(self, host_path: Path) -> Path:
+        return self.mountpoint / host_path.relative_to(self.directory)
+
+    def make_readonly(self) -> None:
+        self._ns("mount", "-o", "remount,bind,ro", self.mountpoint)
+        self.readonly = True
+
+    def make_writable(self) -> None:
+        self._ns("mount", "-o", "remount,bind,rw", self.mountpoint)
+        self.readonly = False
+
+    def close(self) -> None:
+        # The namespace and its mounts vanish with their last process.
+        self.holder.stop()
+        self._registry.forget(self.holder)
+
+
+class EaccesStorage(Storage):
+    """0444 files, opened by a QEMU that runs as an unprivileged uid."""
+
+    kind = "eacces"
+    error_text = "Permission denied"
+
+    def __init__(self, workdir: Path) -> None:
+        super().__init__(workdir)
+        reason = unprivileged_cannot_reach(self.directory)
+        if reason:
+            raise StorageUnavailable(reason)
+        self.make_readonly()
+
+    @property
+    def wrapper(self) -> Wrapper:
+        return Wrapper(("setpriv", f"--reuid={UNPRIVILEGED}", f"--regid={UNPRIVILEGED}",
+                        "--clear-groups", "--pdeathsig", "SIGKILL", "--"), label="eacces")
+
+    def _chmod_all(self, mode: int) -> None:
+        for p in self.directory.iterdir():
+            if p.is_file():
+                os.chmod(p, mode)
+
+    def make_readonly(self) -> None:
+        self._chmod_all(0o444)
+        self.readonly = True
+
+    def make_writable(self) -> None:
+        self._chmod_all(0o666)
+        self.readonly = False
+
+    def protect(self, path: Path) -> None:
+        """Apply the current mode to a file created after the last flip."""
+        os.chmod(path, 0o444 if self.readonly else 0o666)
+
+
+@functools.lru_cache(maxsize=None)
+def unavailable_reason(kind: str) -> str | None:
+    """Why *kind* cannot work on this host (None if it can). Checked once per process."""
+    if kind == "rw":
+        return None
+    if kind == "erofs":
+        for tool in ("unshare", "nsenter", "mount"):
+            if shutil.which(tool) is None:
+                return f"erofs storage needs {tool} (Debian package util-linux / mount)"
+        res = run(["unshare", "--mount", "--propagation", "private", "true"], timeout=20)
+        if res.returncode != 0:
+            return (f"erofs storage needs a private mount namespace, `unshare --mount` failed: "
+                    f"{res.stderr.strip()} (run as root or enable unprivileged user namespaces)")
+        return None
+    if kind == "eacces":
+        if shutil.which("setpriv") is None:
+            return "eacces storage needs setpriv (Debian package util-linux)"
+        if os.geteuid() != 0:
+            return "eacces storage needs root to run QEMU as another uid (setpriv --reuid)"
+        return None
+    return f"unknown storage kind {kind!r}"
+
+
+@functools.lru_cache(maxsize=64)
+def unprivileged_cannot_reach(path: Path, executable: bool = False) -> str | None:
+    """Why uid 65534 cannot reach *path* (None if it can), found by trying it.
+
+    An eacces QEMU runs as that uid: its binary and the image directory
+    must be reachable through world-searchable parents.
+    """
+    # Run the binary itself: access(2) and execve(2) disagree in some sandboxes.
+    probe = [str(path), "--version"] if executable else ["test", "-r", str(path)]
+    res = run(["setpriv", f"--reuid={UNPRIVILEGED}", f"--regid={UNPRIVILEGED}", "--clear-groups",
+               "--", *probe], timeout=20)
+    if res.returncode == 0:
+        return None
+    return (f"eacces storage runs QEMU as uid {UNPRIVILEGED}, which cannot reach {path} "
+            "(a parent directory is not world-searchable): use a --qb-basetemp / build "
+            "directory below a world-searchable path such as /tmp or /var/cache")
+
+
+def make_storage(kind: str, workdir: Path, registry: ProcessRegistry, evidence: TestEvidence,
+                 timeouts: Timeouts) -> Storage:
+    """Create storage of *kind* in *workdir*; raises :class:`StorageUnavailable`."""
+    reason = unavailable_reason(kind)
+    if reason:
+        raise StorageUnavailable(reason)
+    if kind == "erofs":
+        return ErofsStorage(workdir, registry, evidence, timeouts)
+    if kind == "eacces":
+        return EaccesStorage(workdir)
+    return Storage(workdir)
+
+
+def is_world_traversable(path: Path) -> bool:
+    """Every ancestor lets 'others' search it (an eacces QEMU must reach the image)."""
+    for p in [path, *path.parents]:
+        if not os.stat(p).st_mode & stat.S_IXOTH:
+            return False
+    return True

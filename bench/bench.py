@@ -17,7 +17,11 @@ Measures, in one run:
 * the QEMU processes each case started (qemu-system, qemu-storage-daemon,
   qemu-nbd, qemu-img, qemu-io), as counted by the report plugin from the
   ``subprocess.Popen`` audit events of the pytest process that ran the case;
-* the wall time of the whole run, serially and with ``-n 2`` (``--workers``).
+* the wall time of the whole run, serially and with ``-n 2`` (``--workers``), and the
+  CPU time (user + system) of each run with every process it started, per case;
+* the parallel efficiency: the ``-n 2`` wall time divided by (cases x bare cycle). One
+  QEMU launch per case on 2 cores bounds it near 0.5;
+* with ``--project-tests``, the wall time of the project's own tests at ``-n 2``.
 
 Writes everything to ``bench/results.json`` (``--out``) and prints a table.
 
@@ -30,6 +34,7 @@ import asyncio
 import json
 import os
 import platform
+import resource
 import socket
 import statistics
 import subprocess
@@ -42,8 +47,11 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-TARGET_RATIO = 1.3
-TARGET_WALL = 60.0
+TARGET_RATIO = 1.1  # case median / bare cycle
+TARGET_WALL = 60.0  # -n 2, two builds
+TARGET_EFFICIENCY = 0.7  # wall(-n 2) / (cases x bare cycle)
+TARGET_SPEEDUP = 1.85  # serial wall / -n 2 wall
+TARGET_PROJECT_TESTS = 30.0  # seconds, project tests at -n 2
 #: processes that run a guest-less QEMU block layer; the expensive ones to start
 LAUNCHES = ("qemu-system-x86_64", "qemu-storage-daemon")
 
@@ -70,6 +78,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "results.json",
                    help="where to write the figures (default bench/results.json)")
     p.add_argument("--timeout", type=float, default=3600, help="limit per pytest run, seconds")
+    p.add_argument("--project-tests", action="store_true",
+                   help="also time the project's own tests (pytest -n 2 in the repository)")
     args = p.parse_args(argv)
 
     sys.path.insert(0, str(ROOT))
@@ -110,15 +120,16 @@ def main(argv: list[str] | None = None) -> int:
         p.error("nothing to run: --no-serial and --workers 0")
     with tempfile.TemporaryDirectory(prefix="qb-bench-") as tmp:
         for mode, extra in modes:
-            walls, results = [], None
+            walls, cpus, results = [], [], None
             for i in range(args.repeat):
                 res_file = Path(tmp) / f"{mode}-{i}.json"
                 cmd = base + extra + [f"--qb-results={res_file}"]
                 log(f"{mode} run {i + 1}/{args.repeat}: {' '.join(cmd[2:])}")
-                t0 = time.monotonic()
+                t0, cpu0 = time.monotonic(), children_cpu()
                 proc = subprocess.run(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                       text=True, timeout=args.timeout)
                 walls.append(time.monotonic() - t0)
+                cpus.append(children_cpu() - cpu0)
                 tail = proc.stdout.strip().splitlines()[-1:] or ["(no output)"]
                 log(f"  {walls[-1]:.1f} s, exit {proc.returncode}: {tail[0]}")
                 if not res_file.is_file():
@@ -127,7 +138,9 @@ def main(argv: list[str] | None = None) -> int:
                     return 2
                 results = json.loads(res_file.read_text())
             assert results is not None
+            ran = sum(1 for t in results["tests"].values() if t["outcome"] != "skipped")
             runs[mode] = {"wall": summary(walls), "walls": [round(w, 3) for w in walls],
+                          "cpu": summary(cpus), "cpu_per_case": round(statistics.median(cpus) / max(ran, 1), 6),
                           "session_duration": results["duration"], "exitstatus": results["exitstatus"],
                           "totals": results["totals"],
                           "failing": {n: t["outcome"] for n, t in results["tests"].items()
@@ -151,6 +164,21 @@ def main(argv: list[str] | None = None) -> int:
         out["runs"][par]["cases_in_one_run_only"] = len(set(a) ^ set(b))
         out["runs"][par]["speedup"] = round(runs["serial"]["wall"]["median"]
                                             / runs[par]["wall"]["median"], 2)
+    par_mode = f"n{args.workers}"
+    if par_mode in out["runs"]:
+        bare_mean = statistics.fmean(v["median"] for v in out["bare"].values())
+        cost = out["cases"]["ran"] * bare_mean
+        out["runs"][par_mode]["efficiency"] = round(out["runs"][par_mode]["wall"]["median"] / cost, 3)
+    if args.project_tests:
+        log("project tests: pytest -n 2")
+        t0 = time.monotonic()
+        proc = subprocess.run([sys.executable, "-m", "pytest", "-n", "2", "-q", "-p", "no:cacheprovider"],
+                              cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                              timeout=args.timeout)
+        wall = time.monotonic() - t0
+        tail = proc.stdout.strip().splitlines()[-1:] or ["(no output)"]
+        out["project_tests"] = {"wall": round(wall, 2), "exit": proc.returncode, "summary": tail[0]}
+        log(f"  {wall:.1f} s, exit {proc.returncode}: {tail[0]}")
     out["targets"] = targets(out, len(builds), args.workers)
     out["host"]["load_after"] = os.getloadavg()
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -158,6 +186,13 @@ def main(argv: list[str] | None = None) -> int:
     print_table(out)
     print(f"\nwritten to {args.out}")
     return 0
+
+
+def children_cpu() -> float:
+    """User + system CPU seconds of every waited-for descendant so far (QEMUs included:
+    each process is reaped by its parent, so its time adds up to ours)."""
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return ru.ru_utime + ru.ru_stime
 
 
 def log(msg: str) -> None:
@@ -313,6 +348,16 @@ def targets(out: dict[str, Any], n_builds: int, workers: int) -> dict[str, Any]:
                               "workers": workers, "met": wall <= TARGET_WALL,
                               "note": "" if n_builds == 2 and workers == 2
                               else "the target is for two builds with -n 2"}
+        if "efficiency" in par:
+            t["efficiency"] = {"target": TARGET_EFFICIENCY, "value": par["efficiency"],
+                               "met": par["efficiency"] <= TARGET_EFFICIENCY}
+        if "speedup" in par:
+            t["speedup"] = {"target": TARGET_SPEEDUP, "value": par["speedup"],
+                            "met": par["speedup"] >= TARGET_SPEEDUP}
+    if "project_tests" in out:
+        wall = out["project_tests"]["wall"]
+        t["project_tests"] = {"target": TARGET_PROJECT_TESTS, "value": wall,
+                              "met": wall <= TARGET_PROJECT_TESTS and out["project_tests"]["exit"] == 0}
     return t
 
 
@@ -340,6 +385,9 @@ def print_table(out: dict[str, Any]) -> None:
         print(f"\n{'scenario':<16} {'cases':>6} {'median':>10} {'QEMU procs':>11}")
         for s, v in c["by_scenario"].items():
             print(f"{s:<16} {v['cases']:>6} {v['median'] * 1000:>7.1f} ms {v['qemu_procs_mean']:>11.2f}")
+    if "project_tests" in out:
+        pt = out["project_tests"]
+        print(f"\nproject tests (-n 2): {pt['wall']:.1f} s, exit {pt['exit']}: {pt['summary']}")
     print(f"\n{'run':<8} {'wall (median)':>14} {'session':>9}  outcome")
     for mode, r in out["runs"].items():
         extra = ""
@@ -348,8 +396,11 @@ def print_table(out: dict[str, Any]) -> None:
                      f"{r['same_outcomes_as_serial']}")
             if r["cases_in_one_run_only"]:
                 extra += f" (cases in one run only: {r['cases_in_one_run_only']})"
+        if "efficiency" in r:
+            extra += f"; wall / (cases x bare) {r['efficiency']:.2f}"
         print(f"{mode:<8} {r['wall']['median']:>12.1f} s {r['session_duration']:>7.1f} s  "
               f"{r['totals']} (exit {r['exitstatus']}){extra}")
+        print(f"{'':<8} CPU {r['cpu']['median']:.1f} s, {r['cpu_per_case'] * 1000:.1f} ms per case")
         for nodeid, outcome in list(r["failing"].items())[:5]:
             print(f"{'':<8} {outcome}: {nodeid}")
     print()

@@ -38,7 +38,7 @@ cleanup() {
     exit "$rc"
 }
 trap cleanup EXIT
-trap 'exit 2' INT TERM HUP
+trap 'setup_error "interrupted by a signal"' INT TERM HUP
 # An abort must not leave a core file behind.
 ulimit -c 0
 # A write to a QEMU that died must fail (EPIPE), not kill the script.

@@ -42,7 +42,7 @@ say "# after $ended, base: $fds; locks: ${locks:-none}"
 # Another process that wants the base (as a backing file, for a copy...) is locked out.
 if img_info=$("$QEMU_IMG_PROG" info "$base" 2>&1 | head -n1); then img_info=ok; fi
 say "# qemu-img info (without -U) of the base: $img_info"
-qmp quit || true
+qemu_quit
 
 if [[ $NODE_RO == false || $fds == *O_RDWR* || $write_lock == yes ]]; then
     reproduced "after block-job-cancel of a READY active commit ($ended) base-fmt has ro=$NODE_RO, base-file $fds, write lock (byte 101): $write_lock; qemu-img info: $img_info"

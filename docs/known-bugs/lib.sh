@@ -151,6 +151,12 @@ qemu_wait_exit() {
     wait "$QEMU_PID" || QEMU_STATUS=$?
 }
 
+# qemu_quit: ask QEMU to quit and wait (bounded) until it has.
+qemu_quit() {
+    qmp quit || true
+    qemu_wait_exit
+}
+
 # -- /proc evidence -----------------------------------------------------------------
 # fd_modes PID PATH: "fd N O_RDWR" for each of PID's descriptors on PATH
 # (access mode = fdinfo flags & 3).

@@ -11,8 +11,7 @@ rc=0
 qmp blockdev-reopen '{"options": []}' || rc=$?
 if ((rc != 2)); then
     # QEMU answered: an error reply (or a return) is the correct behaviour.
-    qmp quit || true
-    qemu_wait_exit
+    qemu_quit
     not_reproduced "QEMU answered blockdev-reopen options=[] and kept running: $QMP_REPLY"
 fi
 qemu_wait_exit

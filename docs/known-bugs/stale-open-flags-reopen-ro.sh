@@ -29,7 +29,7 @@ qmp_ok blockdev-reopen "{\"options\": [$(opts f0 "$img0" ', "read-only": true')]
 after=$(fd_modes "$QEMU_PID" "$img0")
 say "# f0 after reopen read-only=true: $after"
 node_ro f0
-qmp quit || true
+qemu_quit
 
 if [[ $NODE_RO == true && $after == *O_RDWR* ]]; then
     reproduced "f0 reports ro=true after blockdev-reopen read-only=true, but its $after"

@@ -43,7 +43,7 @@ qmp_ok block-export-add '{"type": "nbd", "id": "e2", "node-name": "fmt0", "writa
 qmp_ok block-export-del '{"id": "e2"}'
 qmp_wait_event BLOCK_EXPORT_DELETED || setup_error "no BLOCK_EXPORT_DELETED for e2"
 say "# after a second writer cycle: $(fd_modes "$QEMU_PID" "$img")"
-qmp quit || true
+qemu_quit
 
 if [[ $after == *O_RDWR* ]]; then
     write_lock=no

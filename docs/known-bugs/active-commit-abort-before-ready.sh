@@ -5,6 +5,7 @@
 # case is still broken (active-commit-cancel-after-ready.sh).
 # See docs/known-bugs.md. Exit: 0 reproduced, 1 not reproduced, 2 set-up error.
 set -euo pipefail
+# shellcheck source-path=SCRIPTDIR source=lib.sh
 . "$(dirname "$0")/lib.sh"
 need "$QEMU_IO_PROG"
 
@@ -12,7 +13,8 @@ base=$WORK/base.qcow2 mid=$WORK/mid.qcow2 top=$WORK/top.qcow2
 "$QEMU_IMG_PROG" create -q -f qcow2 "$base" 4M
 "$QEMU_IMG_PROG" create -q -f qcow2 -b "$base" -F qcow2 "$mid"
 "$QEMU_IMG_PROG" create -q -f qcow2 -b "$mid" -F qcow2 "$top"
-# More data than one mirror buffer (1M), so that with speed=1 the job cannot become READY.
+# Data to commit: with speed=1 the job sleeps (rate limit) after its first copy pass,
+# before it can become READY.
 "$QEMU_IO_PROG" -f qcow2 -c 'write -P 0x5a 0 4M' "$top" >/dev/null
 qemu_start -name active-commit-abort-before-ready
 

@@ -5,6 +5,7 @@
 # when the job aborts (7d99ae59a2, 9.1), and a cancel after READY is not an abort.
 # See docs/known-bugs.md. Exit: 0 reproduced, 1 not reproduced, 2 set-up error.
 set -euo pipefail
+# shellcheck source-path=SCRIPTDIR source=lib.sh
 . "$(dirname "$0")/lib.sh"
 
 base=$WORK/base.qcow2 mid=$WORK/mid.qcow2 top=$WORK/top.qcow2

@@ -25,6 +25,7 @@ trap 'setup_error "command failed (status $?) at ${BASH_SOURCE[0]##*/}:$LINENO: 
 # -- private temp dir; nothing survives the script --------------------------------
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/qemu-known-bug.XXXXXX")
 PIDS=()
+EXTRA_DIRS=()  # more private dirs for cleanup to remove
 cleanup() {
     local rc=$?
     set +e
@@ -34,7 +35,7 @@ cleanup() {
         kill -KILL "$pid" 2>/dev/null
     done
     wait 2>/dev/null
-    rm -rf "$WORK"
+    rm -rf "$WORK" "${EXTRA_DIRS[@]}"
     exit "$rc"
 }
 trap cleanup EXIT

@@ -4,6 +4,7 @@
 # queue to bdrv_reopen_multiple(), which asserts bs_queue != NULL.
 # See docs/known-bugs.md. Exit: 0 reproduced, 1 not reproduced, 2 set-up error.
 set -euo pipefail
+# shellcheck source-path=SCRIPTDIR source=lib.sh
 . "$(dirname "$0")/lib.sh"
 
 qemu_start -name reopen-empty-list

@@ -5,6 +5,7 @@
 # so raw_reconfigure_getfd() finds the wanted O_RDONLY already there.
 # See docs/known-bugs.md. Exit: 0 reproduced, 1 not reproduced, 2 set-up error.
 set -euo pipefail
+# shellcheck source-path=SCRIPTDIR source=lib.sh
 . "$(dirname "$0")/lib.sh"
 
 img0=$WORK/f0.raw img1=$WORK/f1.raw

@@ -6,6 +6,7 @@
 # s->open_flags becomes 0 (= O_RDONLY) while the fd is O_RDWR.
 # See docs/known-bugs.md. Exit: 0 reproduced, 1 not reproduced, 2 set-up error.
 set -euo pipefail
+# shellcheck source-path=SCRIPTDIR source=lib.sh
 . "$(dirname "$0")/lib.sh"
 
 img=$WORK/f0.raw
@@ -14,7 +15,8 @@ qemu_start -name stale-open-flags
 
 qmp_ok blockdev-add "{\"driver\": \"file\", \"node-name\": \"f0\", \"filename\": \"$img\", \"auto-read-only\": true}"
 qmp_ok blockdev-add '{"driver": "raw", "node-name": "fmt0", "file": "f0"}'
-qmp_ok nbd-server-start "{\"addr\": {\"type\": \"unix\", \"data\": {\"path\": \"$WORK/nbd.sock\"}}}"
+# Relative to QEMU's cwd ($WORK): a long TMPDIR must not hit the 108-byte socket path limit.
+qmp_ok nbd-server-start '{"addr": {"type": "unix", "data": {"path": "nbd.sock"}}}'
 say "# no writer yet: $(fd_modes "$QEMU_PID" "$img")"
 
 # Control: a writer cycle without a reopen returns the fd to O_RDONLY.

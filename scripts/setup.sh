@@ -18,6 +18,8 @@ APT_PACKAGES=(
     qemu-system-x86 qemu-utils qemu-block-extra
     nbdkit nginx-light openssh-server openssh-client openssh-sftp-server systemd tgt
     util-linux mount iproute2 procps python3-venv
+    jq
+    # jq: the plain-QEMU reproducers in docs/known-bugs/ parse QMP with it
 )
 
 want_qemu10=0

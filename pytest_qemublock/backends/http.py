@@ -17,10 +17,11 @@ from pathlib import Path
 from typing import Callable
 from urllib.parse import quote
 
-from .server import ServerError
+from ..qemu.build import QemuBuild
 from ..qemu.instance import Wrapper
 from ..host.listeners import Listener, recv_until
-from .server import Server, ServerContext
+from .base import Backend, ProvideContext, Target, new_image, started
+from .server import Server, ServerContext, ServerError
 
 NGINX_PACKAGE = "nginx-light"
 _counter = itertools.count(1)
@@ -144,3 +145,23 @@ def start_nginx(ctx: ServerContext, root: Path, check: Path, *,
                           f"  status: {proc.describe()}\n"
                           f"  stderr: {proc.stderr_text().strip()}") from None
     return server
+
+
+class HttpBackend(Backend):
+    """nginx serving the image; QEMU's curl driver. HTTP has no writes: storage "ro" only."""
+
+    name = "http"
+    driver = "http"
+    storages = ("ro",)
+
+    def unavailable(self, build: QemuBuild, storage: str) -> str | None:
+        if nginx_binary() is None:
+            return f"nginx is not installed (Debian package {NGINX_PACKAGE})"
+        return None
+
+    def provide(self, ctx: ProvideContext, recipe: str, storage: str) -> Target:
+        img = new_image(ctx, recipe)
+        root = ctx.storage("rw").directory
+        server = started(ctx, self.name, lambda: start_nginx(ctx.server_ctx, root, img.path))
+        return Target(self.name, storage, self.driver, img, server.blockdev_options(img.path),
+                      server=server, drive_file=server.url(img.path))

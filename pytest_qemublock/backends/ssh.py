@@ -33,11 +33,12 @@ from pathlib import Path
 from urllib.parse import quote
 
 from ..host.process import ProcessError
-from .server import ServerError
+from ..qemu.build import QemuBuild
 from ..qemu.instance import Wrapper
 from ..host.process import ManagedProcess, run
 from ..host.listeners import Listener, recv_until, socket_activation
-from .server import Server, ServerContext
+from .base import Backend, ProvideContext, Target, needs_root, new_image, started
+from .server import Server, ServerContext, ServerError
 from ..host.namespace import Namespace, private_run
 from ..host.listeners import tcp_listeners
 
@@ -257,3 +258,24 @@ def _sshd_ready(ctx: ServerContext, proc: ManagedProcess, listener: Listener) ->
         ns.close()
         raise
     return ns
+
+
+class SshBackend(Backend):
+    """sshd + ssh-agent; "ro" serves sftp with ``internal-sftp -R``."""
+
+    name = "ssh"
+    driver = "ssh"
+    storages = ("rw", "ro")
+
+    def unavailable(self, build: QemuBuild, storage: str) -> str | None:
+        missing = missing_tools()
+        if missing:
+            return (f"ssh backend needs {', '.join(missing)} (Debian packages {SSH_PACKAGE}, "
+                    f"openssh-client, util-linux)")
+        return needs_root("ssh backend")
+
+    def provide(self, ctx: ProvideContext, recipe: str, storage: str) -> Target:
+        img = new_image(ctx, recipe)
+        server = started(ctx, self.name, lambda: start_sshd(ctx.server_ctx, readonly=(storage == "ro")))
+        return Target(self.name, storage, self.driver, img, server.blockdev_options(img.path),
+                      wrapper=server.wrapper, server=server, drive_file=server.uri(img.path))

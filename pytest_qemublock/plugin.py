@@ -91,9 +91,8 @@ def pytest_configure(config: pytest.Config) -> None:
         return
     from .backends import registry
 
-    try:  # LIFO hook results reversed: the built-ins (registered first) come first
-        registry.fill(b for found in reversed(config.hook.pytest_qemublock_backends(config=config))
-                      for b in found)
+    try:
+        registry.fill_from_hook(config.hook.pytest_qemublock_backends(config=config))
     except registry.BackendRegistryError as e:
         raise pytest.UsageError(f"qemublock: {e}") from None
     settings = Settings.from_config(config)

@@ -59,6 +59,15 @@ def fill(backends: Iterable[Backend]) -> None:
     REGISTRY.update(known)
 
 
+def fill_from_hook(results: list[list[Backend]]) -> None:
+    """:func:`fill` from what the ``pytest_qemublock_backends`` implementations returned.
+
+    pluggy calls the last registered implementation first; reversed, the
+    built-ins (registered with the plugin) come first and the ids keep their order.
+    """
+    fill(b for found in reversed(results) for b in found)
+
+
 def get(name: str) -> Backend:
     """The backend named *name*."""
     try:

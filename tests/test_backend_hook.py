@@ -128,3 +128,13 @@ def test_bad_hook_backend_is_one_usage_error(inner, name, storages, expected):
     assert lines == [f"ERROR: qemublock: {expected}"], err
     assert "Traceback" not in out + err and "INTERNALERROR" not in out + err
     assert not inner.basetemp.exists()  # stopped before anything was created
+
+
+def test_module_drivers_are_probed():
+    """A driver drivers.py calls a loadable module is one the probe tries to load, or the
+    backend's skip would say 'not probed' on every build."""
+    from pytest_qemublock.backends.drivers import DRIVERS
+    from pytest_qemublock.qemu.capabilities import MODULE_DRIVERS
+
+    modules = [d.name for d in DRIVERS.values() if d.module]
+    assert modules and set(modules) <= set(MODULE_DRIVERS), (modules, MODULE_DRIVERS)

@@ -16,7 +16,7 @@ from .storage.images import ImageFactory, Tools
 from .session import QemuBlockSession, Settings
 
 if TYPE_CHECKING:
-    from .backends.base import Provisioner
+    from .backends.provisioner import Provisioner
 
 SESSION_KEY = pytest.StashKey[QemuBlockSession]()
 EVIDENCE_KEY = pytest.StashKey[TestEvidence]()
@@ -74,6 +74,14 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                                "whose tests need QEMU)", type="bool", default=False)
 
 
+def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
+    from . import hookspecs
+    from .backends import registry
+
+    pluginmanager.add_hookspecs(hookspecs)
+    pluginmanager.register(registry, "qemublock-backends")  # the built-ins come through the hook too
+
+
 def pytest_configure(config: pytest.Config) -> None:
     for marker, text in MARKERS.items():
         config.addinivalue_line("markers", f"{marker}: {text}")
@@ -81,6 +89,12 @@ def pytest_configure(config: pytest.Config) -> None:
         config.addinivalue_line("markers", f"{name}: scenario: {text}")
     if config.option.help or config.option.version:
         return
+    from .backends import registry
+
+    try:
+        registry.fill_from_hook(config.hook.pytest_qemublock_backends(config=config))
+    except registry.BackendRegistryError as e:
+        raise pytest.UsageError(f"qemublock: {e}") from None
     settings = Settings.from_config(config)
     session = QemuBlockSession(settings)
     config.stash[SESSION_KEY] = session
@@ -102,7 +116,7 @@ def _wanted(config: pytest.Config) -> bool:
 def pytest_cmdline_main(config: pytest.Config) -> int | None:
     if not config.option.qb_list_backends:
         return None
-    from .backends.base import describe_backends
+    from .backends.registry import describe_backends
 
     config._do_configure()
     try:
@@ -278,14 +292,12 @@ def targets(qemu_build: build_mod.QemuBuild, qemu_caps, qb_session: QemuBlockSes
             qb_evidence: TestEvidence, qemu_tools: Tools, qb_target_pool) -> Iterator["Provisioner"]:
     """Provide protocol nodes: ``targets.target(backend, storage, recipe)`` (servers
     stopped after the test) or ``targets.shared(...)`` (kept for the module)."""
-    from .backends.base import new_provisioner
+    from .backends.provisioner import new_provisioner
     from .backends.server import ServerContext
 
     ctx = ServerContext(qemu_build, qb_session.registry, qb_evidence, qb_session.timeouts,
                         qb_session.sockdir)
-    prov = new_provisioner(qemu_build, qemu_caps.accel, qemu_tools, ctx)
-    prov.caps = qemu_caps  # backends whose driver is a module skip if it does not load
-    prov.pool = qb_target_pool
+    prov = new_provisioner(qemu_build, qemu_caps, qemu_tools, ctx, qb_target_pool)
     yield prov
     problems = prov.close()
     if problems:

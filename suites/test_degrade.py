@@ -28,14 +28,14 @@ import pytest
 from pytest_qemublock.host import facts as hostfacts
 from pytest_qemublock.scenario import matrix
 from pytest_qemublock.scenario import observe
-from pytest_qemublock.backends.base import REGISTRY
+from pytest_qemublock.backends import registry
 from pytest_qemublock.expectations import degrade
 from pytest_qemublock.storage.images import Pattern
 
 pytestmark = pytest.mark.degrade
 
 RO_PAIRS = [p for p in matrix.backend_storages() if p[1] != "rw"]
-DEGRADING = [p for p in RO_PAIRS if REGISTRY[p[0]].degrades]  # ssh has no fallback: refused cases only
+DEGRADING = [p for p in RO_PAIRS if registry.driver_of(p[0]).degrades]  # ssh has no fallback: refused cases only
 FULL_PAIRS = [p for p in DEGRADING if p[0] in ("file", "nbd-qemu-nbd-unix")]
 REST_PAIRS = [p for p in DEGRADING if p not in FULL_PAIRS]
 

@@ -25,7 +25,8 @@ import pytest
 from pytest_qemublock import expectations
 from pytest_qemublock.scenario import matrix
 from pytest_qemublock.scenario import observe
-from pytest_qemublock.backends.base import READONLY_KINDS, REGISTRY
+from pytest_qemublock.backends import registry
+from pytest_qemublock.backends.base import READONLY_KINDS
 from pytest_qemublock.host.process import ProcessError
 from pytest_qemublock.expectations import O_RDWR
 from pytest_qemublock.expectations import reopen as rules
@@ -52,7 +53,7 @@ def _opens(param):
     those are open-scenario cases, there is nothing to reopen."""
     case = param.values[0]
     return not (case.storage in READONLY_KINDS and case.ro is False
-                and (case.aro is False or not REGISTRY[case.backend].degrades))
+                and (case.aro is False or not registry.driver_of(case.backend).degrades))
 
 
 def _table():

@@ -26,9 +26,10 @@ import time
 from pathlib import Path
 
 from ..host.process import ProcessError
-from .server import ServerError
+from ..qemu.build import QemuBuild
 from ..host.process import ManagedProcess, format_argv, run
-from .server import Server, ServerContext
+from .base import Backend, ProvideContext, Target, needs_root, new_image, started
+from .server import Server, ServerContext, ServerError
 from ..host.namespace import Namespace, NamespaceError, private_run
 from ..host.listeners import reserve_port, tcp_listeners
 
@@ -215,3 +216,24 @@ def start_tgtd(ctx: ServerContext, image: Path, *, readonly: bool) -> IscsiServe
         server.stop()
         raise
     return server
+
+
+class IscsiBackend(Backend):
+    """tgtd exporting the image as LUN 1; "ro" is a ``readonly=1`` (write-protected) LUN."""
+
+    name = "iscsi"
+    driver = "iscsi"
+    storages = ("rw", "ro")
+
+    def unavailable(self, build: QemuBuild, storage: str) -> str | None:
+        missing = missing_tools()
+        if missing:
+            return f"iscsi backend needs {', '.join(missing)} (Debian packages {TGT_PACKAGE}, util-linux)"
+        return needs_root("iscsi backend")
+
+    def provide(self, ctx: ProvideContext, recipe: str, storage: str) -> Target:
+        img = new_image(ctx, recipe)
+        server = started(ctx, self.name, lambda: start_tgtd(ctx.server_ctx, img.path,
+                                                             readonly=(storage == "ro")))
+        return Target(self.name, storage, self.driver, img, server.blockdev_options(),
+                      server=server, drive_file=server.uri())

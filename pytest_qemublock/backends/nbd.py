@@ -1,4 +1,5 @@
-"""NBD servers: qemu-nbd, qemu-storage-daemon, nbdkit, and an export of a second QEMU.
+"""NBD: the servers (qemu-nbd, qemu-storage-daemon, nbdkit, an export of a second
+QEMU) and one :class:`NbdBackend` per server and transport, for QEMU's ``nbd`` driver.
 
 All of them export the image's bytes (format ``raw``) so the QEMU under test
 runs the format driver itself, exactly as with a local file.
@@ -13,10 +14,11 @@ import time
 from typing import Callable
 from pathlib import Path
 
-from .server import ServerError
+from ..qemu.build import QemuBuild
 from ..qemu.instance import Wrapper, launch
 from ..host.listeners import Listener, recv_until, socket_activation
-from .server import Server, ServerContext
+from .base import Backend, ProvideContext, Target, new_image, started
+from .server import Server, ServerContext, ServerError
 
 NBD_MAGIC = b"NBDMAGIC"
 IHAVEOPT = b"IHAVEOPT"
@@ -192,3 +194,66 @@ def start_qemu_export(ctx: ServerContext, image: Path, *, readonly: bool, accel:
                                     "writable": not readonly})
     server = NbdServer("qemu-export", vm.proc, ctx.registry, listener, readonly, "e0", owner=vm)
     return _ready(ctx, server, "qemu-export")
+
+
+# -- the backends -------------------------------------------------------------------
+
+
+class NbdBackend(Backend):
+    """One NBD server kind over one transport, with a read-only or writable export."""
+
+    driver = "nbd"
+    storages = ("rw", "ro")
+
+    def __init__(self, server: str, transport: str,
+                 start: Callable[[ProvideContext, Path, bool, str], NbdServer],
+                 needs: Callable[[QemuBuild], str | None]) -> None:
+        self.name = f"nbd-{server}-{transport}"
+        self.server = server
+        self.transport = transport
+        self._start = start
+        self._needs = needs
+
+    def unavailable(self, build: QemuBuild, storage: str) -> str | None:
+        return self._needs(build)
+
+    def provide(self, ctx: ProvideContext, recipe: str, storage: str) -> Target:
+        img = new_image(ctx, recipe)
+        server = started(ctx, self.name, lambda: self._start(ctx, img.path, storage == "ro", self.transport))
+        return Target(self.name, storage, "nbd", img, server.blockdev_options(), server=server,
+                      drive_file=server.uri())
+
+
+def _needs_binary(role: str, package: str) -> Callable[[QemuBuild], str | None]:
+    def check(build: QemuBuild) -> str | None:
+        if not build.has(role):
+            return f"build {build.name} has no {role} binary (Debian package {package})"
+        return None
+    return check
+
+
+def _needs_nbdkit(build: QemuBuild) -> str | None:
+    return None if shutil.which("nbdkit") else "nbdkit is not installed (Debian package nbdkit)"
+
+
+def _server(fn: Callable[..., NbdServer]) -> Callable[[ProvideContext, Path, bool, str], NbdServer]:
+    return lambda ctx, image, readonly, transport: fn(ctx.server_ctx, image, readonly=readonly,
+                                                      transport=transport)
+
+
+def _qemu_export(ctx: ProvideContext, image: Path, readonly: bool, transport: str) -> NbdServer:
+    return start_qemu_export(ctx.server_ctx, image, readonly=readonly, transport=transport,
+                             accel=ctx.accel)
+
+
+def nbd_backends() -> list[Backend]:
+    """Every NBD server kind over the transports it is tested on."""
+    qemu_nbd, qsd = _needs_binary("nbd", "qemu-utils"), _needs_binary("qsd", "qemu-system-common")
+    return [
+        NbdBackend("qemu-nbd", "unix", _server(start_qemu_nbd), qemu_nbd),
+        NbdBackend("qemu-nbd", "tcp", _server(start_qemu_nbd), qemu_nbd),
+        NbdBackend("qsd", "unix", _server(start_qsd_export), qsd),
+        NbdBackend("qsd", "tcp", _server(start_qsd_export), qsd),
+        NbdBackend("nbdkit", "unix", _server(start_nbdkit), _needs_nbdkit),
+        NbdBackend("qemu-export", "unix", _qemu_export, lambda b: None),
+    ]

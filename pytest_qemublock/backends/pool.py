@@ -30,11 +30,12 @@ from ..evidence import TestEvidence
 from ..qemu.factory import stop_instance
 from ..storage.images import Tools
 from ..qemu.instance import QemuInstance, launch
+from .base import Target
+from .provisioner import Provisioner
 from .server import ServerContext
 from ..storage.local import Storage, make_storage
 
 if TYPE_CHECKING:
-    from .base import Provisioner, Target
     from ..host.process import ProcessRegistry
     from ..session import QemuBlockSession
 
@@ -43,8 +44,8 @@ if TYPE_CHECKING:
 class _Shared:
     """One shared target, the provisioner that owns its servers, and its hot-plug QEMU."""
 
-    owner: "Provisioner"
-    target: "Target"
+    owner: Provisioner
+    target: Target
     vm: QemuInstance | None = None
 
     def close(self, registry: "ProcessRegistry") -> list[str]:
@@ -67,7 +68,7 @@ class TargetPool:
         self._workdir: Path | None = None
         self._entries: dict[tuple[str, str, str, str], _Shared] = {}
 
-    def get(self, prov: "Provisioner", backend: str, storage: str, recipe: str) -> "Target":
+    def get(self, prov: Provisioner, backend: str, storage: str, recipe: str) -> Target:
         """The shared target for this key, created through a provisioner of its own."""
         key = (prov.build.name, backend, storage, recipe)
         entry = self._entries.get(key)
@@ -87,7 +88,7 @@ class TargetPool:
             prov.server_ctx.evidence.add_process(proc)
         return entry.target
 
-    def hotplug_qemu(self, prov: "Provisioner", target: "Target") -> QemuInstance:
+    def hotplug_qemu(self, prov: Provisioner, target: Target) -> QemuInstance:
         """A QEMU (``-M none``, no nodes) kept running for the module's cases on the shared
         *target*, lent to the test *prov* belongs to."""
         entry = next((e for e in self._entries.values() if e.target is target), None)
@@ -109,9 +110,7 @@ class TargetPool:
         evidence.add_snapshot(entry.vm.nodes_snapshot)
         return entry.vm
 
-    def _provisioner(self, prov: "Provisioner", name: str) -> "Provisioner":
-        from .base import Provisioner
-
+    def _provisioner(self, prov: Provisioner, name: str) -> Provisioner:
         if self._workdir is None:
             self._workdir = self.session.new_workdir(f"shared targets of {self.label}")
         workdir = self._workdir / name
@@ -123,9 +122,7 @@ class TargetPool:
         def mk(kind: str) -> Storage:
             return make_storage(kind, workdir / f"st-{kind}", self.session.registry, evidence, timeouts)
 
-        owner = Provisioner(prov.build, prov.accel, tools, ctx, mk)
-        owner.caps = prov.caps
-        return owner
+        return Provisioner(prov.build, prov.accel, tools, ctx, mk, prov.caps)
 
     def close(self) -> list[str]:
         problems = []
@@ -147,6 +144,6 @@ def _clean(vm: QemuInstance) -> bool:
         return False
 
 
-def _healthy(owner: "Provisioner") -> bool:
+def _healthy(owner: Provisioner) -> bool:
     """Every process behind the target still runs (a crash elsewhere must not leak in)."""
     return all(p.alive() for p in owner.server_ctx.evidence.processes)

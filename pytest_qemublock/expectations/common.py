@@ -2,26 +2,19 @@
 the dynamic auto-read-only capability and the expected outcome of one step."""
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from typing import Mapping
 
-from ..backends.base import Target
+# per-driver facts, re-exported for the scenario modules
+from ..backends.drivers import NBD_CANT_REOPEN_RW as NBD_CANT_REOPEN_RW
+from ..backends.drivers import NBD_RO_EXPORT as NBD_RO_EXPORT
+from ..backends.drivers import open_failed as open_failed
 from ..qemu.capabilities import Capabilities
 
 O_RDONLY, O_RDWR = "O_RDONLY", "O_RDWR"
 
-# Error texts (regexes). Sources: util/osdep.c qemu_open_internal(),
-# block/nbd.c (the client drops the server's error text since 6.1, 51edbf537d),
-# block.c bdrv_node_refresh_perm(), bdrv_reopen_prepare().
-NBD_RO_EXPORT = r"Could not open image: Permission denied"
+# Error texts (regexes). Source: block.c bdrv_node_refresh_perm().
 NODE_IS_READ_ONLY = r"Block node is read-only"
-NBD_CANT_REOPEN_RW = r"Can't reopen read-only NBD mount as read/write"
-
-
-def open_failed(target: Target) -> str:
-    """The error of a refused read-write open of *target*'s file."""
-    return rf"Could not open '{re.escape(str(target.fd_path))}': {re.escape(target.error_text or '')}"
 
 
 def dynamic(caps: Capabilities) -> bool:

@@ -17,7 +17,7 @@ from ..backends.base import Target
 from ..scenario.matrix import Case
 from ..qemu.capabilities import Capabilities
 from .common import NBD_RO_EXPORT, NODE_IS_READ_ONLY, O_RDONLY, Expect, dynamic, open_failed
-from . import protocols
+from ..backends import drivers
 from .open import effective_aro
 
 #: block/export/export.c blk_exp_add(): checked before any permission is taken
@@ -48,7 +48,7 @@ def _protocol_state(target: Target, caps: Capabilities) -> tuple[bool, str | Non
                         "clears BDRV_O_RDWR and the node shows ro=true (block/nbd.c, 6c2e581d4d)")
 
 
-#: other protocol drivers that degrade (protocols.HONOURS_AUTO_READ_ONLY); ssh has no fallback
+#: other protocol drivers that degrade (drivers.HONOURS_AUTO_READ_ONLY); ssh has no fallback
 _DEGRADES_IN = {
     "http": "http: curl_open() cannot write at all, so bdrv_apply_auto_read_only() clears BDRV_O_RDWR "
             "and the node shows ro=true (block/curl.c, 6ceef36acb)",
@@ -107,14 +107,14 @@ def expect_refused(case: Case, target: Target) -> Expect:
             why = "file-posix opens O_RDWR and the storage refuses it"
         return Expect(False, error=open_failed(target), because=f"{opts}: {why}")
     if target.driver not in ("nbd", "file"):
-        if case.fmt == "qcow2" and aro and protocols.honours_auto_read_only(target):
+        if case.fmt == "qcow2" and aro and drivers.honours_auto_read_only(target):
             return Expect(False, error=NODE_IS_READ_ONLY,
                           because=f"{opts}: the {target.driver} child degrades to ro=true, the read-write "
                                   "qcow2 node cannot get WRITE on it (block.c bdrv_node_refresh_perm)")
         why = ("nothing allows a fallback" if not aro else
                f"the {target.driver} driver has no auto-read-only fallback (block/ssh.c connect_to_ssh)")
-        return Expect(False, error=protocols.refused_open(target),
-                      because=f"{opts}: the server refuses writes and {why} (expectations/protocols.py)")
+        return Expect(False, error=drivers.refused_open(target),
+                      because=f"{opts}: the server refuses writes and {why} (backends/drivers.py)")
     if case.fmt == "qcow2" and aro:
         return Expect(False, error=NODE_IS_READ_ONLY,
                       because=f"{opts}: the nbd child degrades to ro=true, the read-write qcow2 node "

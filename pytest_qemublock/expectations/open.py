@@ -5,9 +5,9 @@ from ..backends.base import Target
 from ..scenario.matrix import Case
 from ..qemu.capabilities import Capabilities
 from .common import NBD_RO_EXPORT, NODE_IS_READ_ONLY, O_RDONLY, O_RDWR, Expect, dynamic, open_failed
-from . import protocols
+from ..backends import drivers
 
-#: where each protocol driver refuses a read-write open (see protocols.py)
+#: where each protocol driver refuses a read-write open (see backends/drivers.py)
 _REFUSED_IN = {"nbd": "block/nbd.c", "http": "block/curl.c curl_open",
                "iscsi": "block/iscsi.c iscsi_open", "ssh": "block/ssh.c connect_to_ssh"}
 
@@ -53,12 +53,12 @@ def expect_open(case: Case, target: Target, caps: Capabilities) -> Expect:
 
     # Read-only storage, read-write requested.
     if not aro:
-        err = open_failed(target) if file else (protocols.refused_open(target) or NBD_RO_EXPORT)
+        err = open_failed(target) if file else (drivers.refused_open(target) or NBD_RO_EXPORT)
         where = f" ({_REFUSED_IN[target.driver]})" if target.driver in _REFUSED_IN else ""
         return Expect(False, error=err,
                       because=f"{opts}: storage refuses writes, no auto-read-only{where}")
-    if not protocols.honours_auto_read_only(target):
-        return Expect(False, error=protocols.refused_open(target),
+    if not drivers.honours_auto_read_only(target):
+        return Expect(False, error=drivers.refused_open(target),
                       because=f"{opts}: the {target.driver} driver has no auto-read-only fallback: "
                               f"it opens the remote file O_RDWR and the server refuses "
                               f"({_REFUSED_IN.get(target.driver, target.driver)}; behaviour.md §1.3)")

@@ -24,7 +24,7 @@ from ..backends.base import Target
 from ..scenario.matrix import Case
 from ..qemu.capabilities import Capabilities
 from .common import NBD_CANT_REOPEN_RW, NODE_IS_READ_ONLY, O_RDONLY, O_RDWR, Expect, dynamic, open_failed
-from . import protocols
+from ..backends import drivers
 from .open import expect_open
 
 
@@ -89,15 +89,15 @@ def expect_reopen(target: Target, caps: Capabilities, current: Expect,
                                   "open, which the storage refuses (util/osdep.c qemu_open_internal)")
         return Expect(True, ro={"n0": False}, fd=O_RDWR,
                       because=f"{asked}{omitted}: read-write on writable storage opens O_RDWR")
-    if target.driver in protocols.CANNOT_REOPEN:
-        return Expect(False, error=protocols.no_reopen(target.driver, "n0"),
+    if target.driver in drivers.CANNOT_REOPEN:
+        return Expect(False, error=drivers.no_reopen(target.driver, "n0"),
                       because=f"{asked}: the {target.driver} driver has no .bdrv_reopen_prepare, so "
                               "block.c bdrv_reopen_prepare() refuses every reopen, read-only or not")
     if target.driver == "iscsi":
         if ro:
             return Expect(True, ro={"n0": True}, because=f"{asked}: read-only=true is always allowed")
         if target.readonly:
-            return Expect(False, error=protocols.ISCSI_CANT_REOPEN_RW,
+            return Expect(False, error=drivers.ISCSI_CANT_REOPEN_RW,
                           because=f"{asked}: the LUN is write protected and iscsi_reopen_prepare() refuses "
                                   "read-write whatever auto-read-only says (block/iscsi.c)")
         return Expect(True, ro={"n0": False},

@@ -25,7 +25,7 @@ from ..storage.local import Storage, unavailable_reason
 from .stepwise import StepResult, result
 
 if TYPE_CHECKING:
-    from ..backends.base import Provisioner
+    from ..backends.provisioner import Provisioner
     from ..qemu.instance import QemuInstance
     from ..qemu.qmp import QmpError
 

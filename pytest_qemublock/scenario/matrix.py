@@ -86,7 +86,7 @@ class Case:
 
 def backend_storages(backends: Iterable[str] | None = None) -> list[tuple[str, str]]:
     """(backend, storage) pairs of the registry, in a stable order."""
-    from ..backends.base import REGISTRY
+    from ..backends.registry import REGISTRY
 
     out = []
     for name, b in REGISTRY.items():

@@ -85,8 +85,8 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return 2
     modes = []
-    for m in args.modes.split(","):
-        m = m.strip()
+    for raw in args.modes.split(","):
+        m = raw.strip()
         if m != "serial" and not m.isdigit():
             p.error(f"--modes: {m!r} is neither 'serial' nor a worker count")
         modes.append(m)

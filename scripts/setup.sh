@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Set up everything pytest-qemublock needs on a fresh Debian 12 machine (as root).
 #
-#   bash scripts/setup.sh            apt packages, .venv with the plugin installed
+#   bash scripts/setup.sh            apt packages, .venv with the plugin installed (extra: dev)
 #   bash scripts/setup.sh --qemu-10  also fetch QEMU 10.0 (bookworm-backports) into
 #                                    /var/cache/pytest-qemublock/qemu-10.0, not installed
 #
@@ -50,8 +50,11 @@ python=${PYTHON:-python3}
 if [[ ! -x .venv/bin/python ]]; then
     "$python" -m venv .venv
 fi
-if ! .venv/bin/python -c 'import pytest_qemublock, xdist, qemu.qmp, testinfra' 2>/dev/null; then
-    .venv/bin/pip install -q --disable-pip-version-check -e . >&2
+# The runtime dependencies and the dev extra (build for tests/test_wheel.py,
+# mypy and ruff for scripts/check.sh); pip runs only when one is missing.
+if ! .venv/bin/python -c 'import pytest_qemublock, xdist, qemu.qmp, testinfra, build, mypy' 2>/dev/null \
+        || [[ ! -x .venv/bin/ruff ]]; then
+    .venv/bin/pip install -q --disable-pip-version-check -e '.[dev]' >&2
 fi
 
 if ((want_qemu10)); then

@@ -11,22 +11,22 @@ import re
 from dataclasses import dataclass
 
 from ..qemu.capabilities import Capabilities
-from .common import O_RDONLY, O_RDWR, Expect, dynamic
+from .common import O_RDONLY, O_RDWR, Expect, image_fd, dynamic
 
 
 def expect_classic_drive(fmt: str, readonly_storage: bool, ro: bool, error: str, caps: Capabilities) -> Expect:
     """``-drive file=X,format=FMT,if=none[,read-only=on]``; ``ro`` is ``query-block`` inserted.ro."""
     if ro:
-        return Expect(True, ro={"d0": True}, fd=O_RDONLY, because="read-only=on")
+        return Expect(True, ro={"d0": True}, fds=image_fd(O_RDONLY), because="read-only=on")
     if fmt == "qcow2":
         if readonly_storage:
             return Expect(False, error=error, because="-drive's auto-read-only=on reaches the file child, "
                           "but the read-write qcow2 node needs WRITE on it at once (§1.2)")
-        return Expect(True, ro={"d0": False}, fd=O_RDWR, because="a read-write qcow2 takes WRITE on its file")
+        return Expect(True, ro={"d0": False}, fds=image_fd(O_RDWR), because="a read-write qcow2 takes WRITE on its file")
     fd = O_RDONLY if dynamic(caps) else O_RDWR
     if readonly_storage and not dynamic(caps):
-        return Expect(True, ro={"d0": True}, fd=O_RDONLY, because="-drive defaults to auto-read-only=on")
-    return Expect(True, ro={"d0": False}, fd=fd,
+        return Expect(True, ro={"d0": True}, fds=image_fd(O_RDONLY), because="-drive defaults to auto-read-only=on")
+    return Expect(True, ro={"d0": False}, fds=image_fd(fd),
                   because="-drive defaults to auto-read-only=on: raw has no writer yet, so the "
                           "dynamic file node stays O_RDONLY, on any storage")
 

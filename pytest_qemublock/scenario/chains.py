@@ -20,9 +20,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping
 
+from ..qemu.tools import QemuIoResult
 from ..storage.images import Image, ImageFactory, Pattern, Tools
 from ..storage.local import Storage, unavailable_reason
-from .stepwise import StepResult, result
+from .drive import state as _state
+from .outcome import Outcome
 
 if TYPE_CHECKING:
     from ..backends.base import Provisioner
@@ -87,9 +89,9 @@ def blockdev_args(chain: Chain, *, top_ro: bool, base_file: Mapping[str, Any] | 
     return args
 
 
-def state(vm: "QemuInstance", chain: Chain, err: "QmpError | None" = None) -> StepResult:
+def state(vm: "QemuInstance", chain: Chain, err: "QmpError | None" = None) -> Outcome:
     """ro of the six named nodes and QEMU's fd mode per layer image."""
-    return result(vm, err, NODES, chain.qemu_paths())
+    return _state(vm, NODES, dict(chain.qemu_paths()), err)
 
 
 def block_jobs(vm: "QemuInstance") -> list[tuple[str, str]]:
@@ -97,16 +99,9 @@ def block_jobs(vm: "QemuInstance") -> list[tuple[str, str]]:
     return [(j["device"], j["status"]) for j in vm.execute("query-block-jobs")]
 
 
-def read_pattern(tools: Tools, image: Image, pattern: Pattern) -> tuple[bool, str]:
-    """``qemu-io -r`` *pattern* from *image* through its on-disk backing chain.
-
-    Returns (every byte matched, the command and what it printed).
-    """
-    cmd = f"read {pattern.io_args()}"
-    res = tools.io("-r", "-U", "-f", image.fmt, "-c", cmd, image.path, check=False)
-    out = (res.stdout + res.stderr).strip()
-    ok = res.returncode == 0 and "Pattern verification failed" not in out and " bytes at offset " in out
-    return ok, f"qemu-io -r -f {image.fmt} -c '{cmd}' {image.path} -> exit {res.returncode}: {out}"
+def read_pattern(tools: Tools, image: Image, pattern: Pattern) -> QemuIoResult:
+    """``qemu-io -r`` *pattern* from *image* through its on-disk backing chain."""
+    return ImageFactory(tools, image.path.parent).read(image, pattern)
 
 
 def backing_file(tools: Tools, image: Image) -> str | None:

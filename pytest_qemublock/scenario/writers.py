@@ -7,7 +7,7 @@ server) holding the node pair the dynamic scenario is about::
 
 and runs steps on it: users attach to ``fmt0`` and leave, ``f0`` is reopened,
 the storage is flipped, a read-only export is read back. Each step returns a
-:class:`~pytest_qemublock.stepwise.StepResult` with ``f0``/``fmt0``'s ``ro``
+:class:`~pytest_qemublock.scenario.outcome.Outcome` with ``f0``/``fmt0``'s ``ro``
 and the access mode of QEMU's fd for the image, observed *after* the step
 (and after its completion event, for detaches).
 
@@ -23,11 +23,12 @@ from typing import Any, Union
 
 from ..backends.base import Target
 from ..qemu.factory import QemuFactory
-from ..storage.images import Tools
+from ..qemu.tools import Tools
 from ..qemu.instance import QemuInstance
 from ..qemu.qmp import QmpError
 from ..host.listeners import Listener
-from .stepwise import StepResult, result
+from .drive import state as _state
+from .outcome import IMAGE, Outcome
 
 #: node names on the bench
 FILE_NODE, FMT_NODE = "f0", "fmt0"
@@ -165,11 +166,11 @@ class WriterBench:
         return (f"{FMT_NODE} raw over {FILE_NODE} file auto-read-only=on, "
                 f"{self.target.describe()} ({self.target.fd_path})")
 
-    def state(self, err: QmpError | None = None, detail: str = "") -> StepResult:
-        return result(self.vm, err, (FILE_NODE, FMT_NODE), {"image": self.target.fd_path}, detail)
+    def state(self, err: QmpError | None = None, detail: str = "") -> Outcome:
+        return _state(self.vm, (FILE_NODE, FMT_NODE), {IMAGE: self.target.fd_path}, err, detail)
 
     # -- steps ---------------------------------------------------------------------------
-    def run(self, step: Step) -> StepResult:
+    def run(self, step: Step) -> Outcome:
         if isinstance(step, Attach):
             return self.attach(step.user)
         if isinstance(step, Detach):
@@ -184,7 +185,7 @@ class WriterBench:
             return self.state()
         raise TypeError(f"unknown step {step!r}")
 
-    def attach(self, user: User) -> StepResult:
+    def attach(self, user: User) -> Outcome:
         if user.kind in (EXPORT, EXPORT_RO):
             err = self.vm.execute_error("block-export-add", {
                 "type": "nbd", "id": user.id, "name": user.id, "node-name": FMT_NODE,
@@ -205,7 +206,7 @@ class WriterBench:
             self.attached[user.id] = user
         return self.state(err)
 
-    def detach(self, id: str) -> StepResult:
+    def detach(self, id: str) -> Outcome:
         """Remove user *id* and wait (with a timeout) until QEMU says it is gone."""
         user = self.attached.get(id)
         if user is None:
@@ -232,15 +233,12 @@ class WriterBench:
     def uri(self, id: str) -> str:
         return f"nbd+unix:///{id}?socket={self.listener.path}"
 
-    def read(self, id: str) -> StepResult:
+    def read(self, id: str) -> Outcome:
         """``qemu-io -r`` the first pattern of the image's recipe through export *id*."""
         pattern = self.target.image.patterns[0]
-        cmd = f"read {pattern.io_args()}"
-        res = self.tools.io("-r", "-f", "raw", "-c", cmd, self.uri(id), check=False)
-        out = (res.stdout + res.stderr).strip()
-        ok = res.returncode == 0 and "Pattern verification failed" not in out and " bytes at offset " in out
-        state = self.state(detail=f"qemu-io -r -f raw -c '{cmd}' {self.uri(id)} -> exit {res.returncode}: {out}")
-        state.ok, state.error = ok, "" if ok else out
+        res = self.tools.io_command(f"read {pattern.io_args()}", "-r", "-f", "raw", self.uri(id))
+        state = self.state(detail=res.describe())
+        state.ok, state.error = res.pattern_ok, "" if res.pattern_ok else res.output
         return state
 
     def close(self) -> None:

@@ -8,6 +8,7 @@
   writes fail with the storage's error, even with auto-read-only=on.
 """
 import json
+import re
 
 import pytest
 
@@ -119,9 +120,9 @@ def test_tools_on_read_only_storage(case, tool, targets, qemu_build, qemu_tools,
     else:
         assert res.returncode != 0, f"{what}: expected a refusal ({tool.because}), but it succeeded: {output}"
         err = defaults.tool_error(tool, p, q, case.storage)
-        import re
-
-        assert re.search(err, output), f"{what}: error does not match /{err}/ ({tool.because}):\n{output}"
+        message = outcome.tool_message(output, f"qemu-{tool.role}")
+        assert re.fullmatch(err, message), (
+            f"{what}: error message does not match /{err}/ ({tool.because}):\n{message}")
     assert raw.image.unchanged() and qcow2.image.unchanged(), f"{what}: read-only storage was written"
 
 

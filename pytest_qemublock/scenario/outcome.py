@@ -126,6 +126,13 @@ def startup_message(stderr: str, argv: Sequence[str]) -> str:
     return stderr.strip()
 
 
+def tool_message(output: str, prog: str) -> str:
+    """What a tool (qemu-img, qemu-io) reported, without the ``<prog>: `` that
+    error_report() puts before each of its lines (util/qemu-error.c print_loc)."""
+    lines = [line.removeprefix(f"{prog}: ") for line in output.strip().splitlines()]
+    return "\n".join(lines)
+
+
 def ro_mismatches(want: Mapping[str, bool], got: Mapping[str, bool | None]) -> list[str]:
     """How the ``ro`` flags *got* (node -> ro, None: missing) differ from *want*."""
     out = []

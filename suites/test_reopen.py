@@ -1,6 +1,6 @@
 """Reopen: blockdev-reopen between read-only and read-write, and back.
 
-* the start-state x target table (RESULTS.md D1) on writable and read-only
+* the start-state x target table on writable and read-only
   storage, with and without auto-read-only: each case reopens to the target
   and then back to the options it was opened with; options left out reset to
   their defaults (a reopen saying only ``read-only=false`` turns

@@ -21,7 +21,7 @@ def expect_classic_drive(fmt: str, readonly_storage: bool, ro: bool, error: str,
     if fmt == "qcow2":
         if readonly_storage:
             return Expect(False, error=error, because="-drive's auto-read-only=on reaches the file child, "
-                          "but the read-write qcow2 node needs WRITE on it at once (§1.2)")
+                          "but the read-write qcow2 node needs WRITE on it at once (block.c bdrv_default_perms_for_storage)")
         return Expect(True, ro={"d0": False}, fds=image_fd(O_RDWR), because="a read-write qcow2 takes WRITE on its file")
     fd = O_RDONLY if dynamic(caps) else O_RDWR
     if readonly_storage and not dynamic(caps):
@@ -45,8 +45,9 @@ class ToolCase:
 
 STRERROR = {"erofs": "Read-only file system", "eacces": "Permission denied"}
 
-# Sources: behaviour.md §1.4, re-measured on 7.2 and 10.0 (the --image-opts rows
-# quote the whole option string, not the path).
+# Sources: qemu-io.c openfile() puts "can't open device <name>: " (or "can't open: ") and
+# qemu-img.c img_open_file() "Could not open '<name>': " before the block layer's error;
+# with --image-opts the name is the whole option string. Checked on 7.2 and 10.0.
 TOOL_CASES = (
     ToolCase("io-rw", "io", ("-f", "raw", "-c", "read 0 512", "{p}"), False,
              r"can't open device {P}: Could not open '{P}': {E}",

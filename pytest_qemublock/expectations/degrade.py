@@ -102,7 +102,7 @@ def expect_refused(case: Case, target: Target) -> Expect:
         if case.fmt == "qcow2" and aro:
             why = ("auto-read-only cannot help a read-write qcow2 node: it takes WRITE on its file at "
                    "open (bdrv_default_perms_for_storage), so the file node must reopen O_RDWR "
-                   "(behaviour.md §1.2, S2)")
+                   "(file-posix raw_reconfigure_getfd)")
         else:
             why = "file-posix opens O_RDWR and the storage refuses it"
         return Expect(False, error=open_failed(target), because=f"{opts}: {why}")
@@ -121,7 +121,7 @@ def expect_refused(case: Case, target: Target) -> Expect:
                               "cannot get WRITE on it (block.c bdrv_node_refresh_perm)")
     return Expect(False, error=NBD_RO_EXPORT,
                   because=f"{opts}: the export is read-only and nothing allows a fallback; since 6.1 the "
-                          "client reports a generic EACCES text (51edbf537d, behaviour.md S3)")
+                          "client reports a generic EACCES text (51edbf537d)")
 
 
 def expect_retry_read_only(case: Case, target: Target) -> Expect:

@@ -29,8 +29,8 @@ last one has left. The rules, from block/file-posix.c and block.c:
 
 :class:`Model` plays a step sequence through these rules and returns, for each
 step, the expected :class:`~pytest_qemublock.scenario.outcome.Expect` with its
-reason. Measured on this machine for 7.2.22 and 10.0.2 (RESULTS.md C,
-behaviour.md §2); error texts of conflicts as measured there.
+reason. Checked against 7.2.22 and 10.0.2; the conflict texts are block.c
+``bdrv_a_allow_b``'s.
 """
 from __future__ import annotations
 
@@ -219,8 +219,8 @@ class Model:
             err, why, bug = self.refresh([*self.users, user], self.ro, self.aro)
             if err is not None:
                 return self.expect(False, f"{why}; the attach is rolled back and the node stays usable "
-                                          f"read-only with its {self.fd} fd (behaviour.md §2, "
-                                          f"RESULTS.md C4)", error=err)
+                                          f"read-only with its {self.fd} fd (file-posix "
+                                          f"raw_abort_perm_update drops the new fd)", error=err)
             self.users.append(user)
             if writers:
                 why = (f"{_ids(writers)} already write(s): the fd is already {self.fd}" if self.fd == O_RDWR
@@ -266,7 +266,7 @@ class Model:
         if ro and writers:
             return self.expect(False, f"reopen {opts} with {_ids(writers)} writing: block.c "
                                       f"bdrv_node_refresh_perm refuses, the reopen is aborted and the fd "
-                                      f"stays {self.fd} (RESULTS.md C3b)",
+                                      f"stays {self.fd} (bdrv_reopen_abort)",
                                error=re.escape(f"Read-only block node '{FILE_NODE}' cannot support "
                                                f"read-write users"))
         self.opened_new = False

@@ -22,8 +22,7 @@ expectations/dynamic_aro.py). On storage that refuses writes the reopen fails
 with ``Could not open '<path>': <strerror>`` (util/osdep.c), the job is never
 created and nothing changes; a base *file* node with ``read-only=on`` refuses
 the reopen as ``Block node is read-only`` (block.c bdrv_node_refresh_perm),
-without trying any open. Measured for 7.2.22 and 10.0.2 in RESULTS.md E and
-behaviour.md §3.5.
+without trying any open. Checked against 7.2.22 and 10.0.2.
 """
 from __future__ import annotations
 
@@ -121,7 +120,7 @@ class Rules:
         self.refuses = chain.readonly
         # The active layer is read-write, as a running guest has it; on storage that refuses
         # writes it can only be opened read-only (a read-write qcow2 needs WRITE on its file at
-        # open, behaviour.md §1.2). block-stream writes into the top: it starts read-only.
+        # open, block.c bdrv_default_perms_for_storage). block-stream writes into the top: it starts read-only.
         self.top_ro = self.refuses or variant == "stream"
         self.base_file: dict[str, Any] = {}
         if variant == "base-file-ro":
@@ -195,7 +194,7 @@ class Rules:
         during = self.state(base_rw=True, because=(
             "block/commit.c commit_start: the base is read-only, so it is reopened read-write for the "
             "job (s->base_read_only); the read-write qcow2 takes WRITE on base-file, whose fd switches "
-            "to O_RDWR. speed=1 keeps the job running so this state is seen for sure (RESULTS.md E1)"))
+            "to O_RDWR. speed=1 keeps the job running so this state is seen for sure"))
         if self.variant == "base-file-aro-off":
             after_fd = ("; base-file has auto-read-only=off, so its fd stays O_RDWR (raw_parse_flags) "
                         "although nothing writes any more")
@@ -217,8 +216,7 @@ class Rules:
             return JobPlan("block-stream", args, self._refused_open("top", "block-stream"))
         during = self.state(top_rw=True, because=(
             "block/stream.c stream_start: the top is read-only, so it is reopened read-write for the "
-            "job (bs_read_only); top-file's fd switches to O_RDWR. speed=1 keeps the job running "
-            "(RESULTS.md E2)"))
+            "job (bs_read_only); top-file's fd switches to O_RDWR. speed=1 keeps the job running"))
         return JobPlan("block-stream", args, during, statuses=("running",), finish=("set-speed-0",),
                        event="BLOCK_JOB_COMPLETED", end=self.state(top_rw=False, because=(
                            "block/stream.c stream_clean reopens the top read-only again (bs_read_only); "
@@ -231,7 +229,7 @@ class Rules:
             return JobPlan("block-commit", args, self._refused_open("base", "active block-commit"))
         during = self.state(base_rw=True, because=(
             "block/mirror.c commit_active_start: the base is read-only, so it is reopened read-write "
-            "before the mirror job starts; base-file's fd switches to O_RDWR (RESULTS.md E3)"))
+            "before the mirror job starts; base-file's fd switches to O_RDWR"))
         if variant == "active-commit-complete":
             return JobPlan("block-commit", args, during, statuses=("running", "ready"),
                            finish=("ready", "complete"), event="BLOCK_JOB_COMPLETED",

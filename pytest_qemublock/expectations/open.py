@@ -40,7 +40,7 @@ def expect_open(case: Case, target: Target, caps: Capabilities) -> Expect:
     if not target.readonly:
         if fmt:
             # A read-write qcow2 takes WRITE on its file at once, so even a
-            # dynamic file child switches to O_RDWR (behaviour.md §1.2).
+            # dynamic file child switches to O_RDWR (block.c bdrv_default_perms_for_storage).
             return Expect(True, ro={"n0": False, "p0": False}, fds=image_fd(O_RDWR if file else None),
                           because=f"{opts}: writable storage; the format node wants to write")
         if file:
@@ -61,12 +61,13 @@ def expect_open(case: Case, target: Target, caps: Capabilities) -> Expect:
         return Expect(False, error=protocols.refused_open(target),
                       because=f"{opts}: the {target.driver} driver has no auto-read-only fallback: "
                               f"it opens the remote file O_RDWR and the server refuses "
-                              f"({_REFUSED_IN.get(target.driver, target.driver)}; behaviour.md §1.3)")
+                              f"({_REFUSED_IN.get(target.driver, target.driver)})")
     if fmt:
         if file:
             return Expect(False, error=open_failed(target),
                           because=f"{opts}: auto-read-only cannot help a read-write format node: "
-                                  "it needs WRITE on its file, which the storage refuses (§1.2)")
+                                  "it needs WRITE on its file, which the storage refuses "
+                                  "(block.c bdrv_default_perms_for_storage)")
         return Expect(False, error=NODE_IS_READ_ONLY,
                       because=f"{opts}: the {target.driver} child degrades to ro=true, the read-write "
                               "format node on top cannot get WRITE (block.c bdrv_node_refresh_perm)")

@@ -2,8 +2,7 @@
 whether ``auto-read-only`` can turn that into a read-only open, and how a
 reopen to read-write is refused. Shared by the scenario modules.
 
-Sources (QEMU 7.2 and 10.0 alike; measured in /tmp/srv-research/FINDINGS.md
-and behaviour.md §1.3):
+Sources (QEMU 7.2 and 10.0 alike, checked against both):
 
 * file: util/osdep.c ``qemu_open_internal`` ("Could not open '<path>': <strerror>");
   file-posix.c falls back to O_RDONLY under auto-read-only.

@@ -5,13 +5,13 @@
 * "Any option not specified will be reset to its default value" (QAPI doc):
   a reopen that only says ``read-only=false`` also sets auto-read-only back
   to false, so on read-only storage it fails even if the node was opened
-  with auto-read-only=on (behaviour.md S6, RESULTS.md D1);
+  with auto-read-only=on (qapi/block-core.json, blockdev-reopen);
 * file-posix decides the fd from the new flags (raw_reopen_prepare ->
   raw_reconfigure_getfd): read-write without auto-read-only needs O_RDWR
   (refused by read-only storage), auto-read-only=on keeps ro=false with an
   O_RDONLY fd while no writer is attached (dynamic), read-only=on is O_RDONLY;
 * nbd: nbd_client_reopen_prepare() refuses read-write on an export with
-  NBD_FLAG_READ_ONLY and ignores auto-read-only (behaviour.md S4), so even
+  NBD_FLAG_READ_ONLY and ignores auto-read-only, so even
   the options the node was opened with are refused;
 * a refused reopen aborts the whole transaction (bdrv_reopen_abort): the
   node keeps its flags and its fd.
@@ -79,7 +79,7 @@ def expect_reopen(target: Target, caps: Capabilities, current: Expect,
             if dynamic(caps):
                 return Expect(True, ro={"n0": False}, fds=image_fd(O_RDONLY),
                               because=f"{asked}: dynamic auto-read-only keeps ro=false with an O_RDONLY fd "
-                                      "while no writer is attached, on any storage (RESULTS.md D1)")
+                                      "while no writer is attached, on any storage (raw_reopen_prepare)")
             return Expect(True, ro={"n0": refuses_writes(target)},
                           fds=image_fd(O_RDONLY if refuses_writes(target) else O_RDWR),
                           because=f"{asked}: pre-4.0 file-posix (no dynamic auto-read-only) degrades at "
@@ -110,7 +110,7 @@ def expect_reopen(target: Target, caps: Capabilities, current: Expect,
     if target.readonly:
         return Expect(False, error=NBD_CANT_REOPEN_RW,
                       because=f"{asked}: the export is read-only and nbd_client_reopen_prepare() refuses "
-                              "read-write whatever auto-read-only says (behaviour.md S4, RESULTS.md B)")
+                              "read-write whatever auto-read-only says (block/nbd.c)")
     return Expect(True, ro={"n0": False},
                   because=f"{asked}: writable export; nbd is never dynamic, so ro=false even with "
                           "auto-read-only=on")
@@ -141,15 +141,15 @@ def expect_format_reopen(target: Target, caps: Capabilities, read_only: bool) ->
     if read_only:
         return Expect(True, ro={"n0": True, "p0": p0}, fds=image_fd(fd),
                       because="qcow2 back to read-only drops its WRITE on p0; the dynamic file node "
-                              "returns to O_RDONLY (behaviour.md §3.3)")
+                              "returns to O_RDONLY (file-posix raw_reconfigure_getfd)")
     if not target.readonly:
         return Expect(True, ro={"n0": False, "p0": False}, fds=image_fd(O_RDWR if target.driver == "file" else None),
                       because="a read-write qcow2 takes WRITE on p0 (bdrv_default_perms_for_storage); the "
-                              "auto-read-only file node switches to O_RDWR (behaviour.md §3.3)")
+                              "auto-read-only file node switches to O_RDWR")
     if target.driver == "file":
         return Expect(False, error=open_failed(target),
                       because="qcow2 read-write needs WRITE on p0; the file node must reopen O_RDWR, "
-                              "which the storage refuses (behaviour.md §3.3)")
+                              "which the storage refuses (util/osdep.c qemu_open_internal)")
     return Expect(False, error=NODE_IS_READ_ONLY,
                   because="qcow2 read-write needs WRITE on p0, which auto-read-only made ro=true "
                           "(block.c bdrv_node_refresh_perm)")
@@ -159,15 +159,14 @@ def expect_format_reopen(target: Target, caps: Capabilities, read_only: bool) ->
 
 SAME_OPTIONS_THEN_READ_ONLY = (
     "a node reopened read-only must drop write access: raw_reopen_prepare() computes O_RDONLY "
-    "from the new flags, as a direct reopen read-only=true from the same start state shows "
-    "(RESULTS.md D2b)")
+    "from the new flags, as a direct reopen read-only=true from the same start state shows")
 
 STILL_USABLE = ("a reopen, granted or refused, leaves a working node: the image's pattern reads back "
                 "through it (a refused one is rolled back by bdrv_reopen_abort)")
 
 FLIP_BACK = ("the storage can only be made read-only again once QEMU holds no O_RDWR fd on it "
-             "(a read-only remount fails with EBUSY otherwise, RESULTS.md D3), so the node is "
-             "reopened read-only first")
+             "(the kernel refuses a read-only remount with EBUSY while a file is open for writing), so "
+             "the node is reopened read-only first")
 
 
 def expect_write_after_flip(current: Expect) -> Expect:

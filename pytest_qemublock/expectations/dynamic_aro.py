@@ -219,8 +219,8 @@ class Model:
             err, why, bug = self.refresh([*self.users, user], self.ro, self.aro)
             if err is not None:
                 return self.expect(False, f"{why}; the attach is rolled back and the node stays usable "
-                                          f"read-only with its {self.fd} fd (file-posix "
-                                          f"raw_abort_perm_update drops the new fd)", error=err)
+                                          f"read-only with its {self.fd} fd (the new fd's open failed in "
+                                          f"raw_check_perm, so file-posix keeps the old one)", error=err)
             self.users.append(user)
             if writers:
                 why = (f"{_ids(writers)} already write(s): the fd is already {self.fd}" if self.fd == O_RDWR

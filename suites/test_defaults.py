@@ -141,8 +141,10 @@ def test_servers_on_read_only_storage(case, targets, qemu, qemu_build, qemu_caps
     vm = qemu.start("-blockdev", json.dumps({**server.blockdev_options(), "node-name": "c0",
                                              "read-only": True}))
     assert vm.node_ro("c0") is True
-    err = vm.execute_error("human-monitor-command", {"command-line": "qemu-io c0 \"read -P 0x5a 0 4k\""})
-    assert err is None, f"{case.id}: reading through the read-only export failed: {err}"
+    pattern = target.image.patterns[0]
+    read = drive.hmp_qemu_io(vm, "c0", f"read {pattern.io_args()}")
+    assert read.pattern_ok, (f"{case.id} [build {qemu_build.name}]: reading {pattern.io_args()} through the "
+                             f"read-only export failed: {read.describe()}")
     with _refused() as refused:
         start(targets.server_ctx, target.fd_path, readonly=False, wrapper=target.wrapper)
     msg = refused.message

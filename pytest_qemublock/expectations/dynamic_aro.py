@@ -41,7 +41,7 @@ from ..backends.base import Target
 from ..qemu.capabilities import Capabilities
 from ..scenario.known_bugs import STALE_FLAGS_LAST_WRITER, KnownBug
 from ..scenario.outcome import IMAGE, Expect
-from ..scenario.writers import (EXPORT, EXPORT_RO, FILE_NODE, FMT_NODE, NBD_ADD, SCSI_CD, SCSI_HD, VIRTIO_BLK,
+from ..scenario.steps import (EXPORT, EXPORT_RO, FILE_NODE, FMT_NODE, NBD_ADD, SCSI_CD, SCSI_HD, VIRTIO_BLK,
                        Attach, Detach, Flip, ReadExport, Reopen, Step, User)
 from .common import NODE_IS_READ_ONLY, O_RDONLY, O_RDWR, dynamic, open_failed
 

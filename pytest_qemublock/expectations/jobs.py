@@ -30,7 +30,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-from ..scenario.chains import LAYERS, Chain
+from ..scenario.steps import LAYERS, Chain
 from ..storage.images import Pattern
 from ..qemu.capabilities import Capabilities
 from ..scenario.known_bugs import ACTIVE_COMMIT_ABORT, ACTIVE_COMMIT_SOFT_CANCEL, KnownBug

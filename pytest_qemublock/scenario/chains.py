@@ -16,46 +16,22 @@ Block jobs then have to reopen a read-only layer read-write themselves.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping
 
 from ..qemu.tools import QemuIoResult
 from ..storage.images import Image, ImageFactory, Pattern, Tools
-from ..storage.local import Storage, unavailable_reason
+from ..storage.local import unavailable_reason
 from .drive import state as _state
 from .outcome import Outcome
+from .steps import LAYERS, NODES, Chain
+
+__all__ = ["LAYERS", "NODES", "Chain", "backing_file", "blockdev_args", "block_jobs", "make_chain",
+           "read_pattern", "state"]
 
 if TYPE_CHECKING:
     from ..backends.base import Provisioner
     from ..qemu.instance import QemuInstance
     from ..qemu.qmp import QmpError
-
-LAYERS = ("base", "mid", "top")
-NODES = tuple(f"{layer}-{kind}" for layer in LAYERS for kind in ("fmt", "file"))
-
-
-@dataclass
-class Chain:
-    """The three layers (host paths in :attr:`images`) on one storage."""
-
-    storage: Storage
-    images: dict[str, Image]  # layer -> image, created through the writable host path
-
-    @property
-    def readonly(self) -> bool:
-        return self.storage.kind != "rw"
-
-    def path(self, layer: str) -> Path:
-        """The path QEMU (inside the storage's wrapper) opens for *layer*."""
-        return self.storage.qemu_path(self.images[layer].path)
-
-    def qemu_paths(self) -> dict[str, Path]:
-        return {layer: self.path(layer) for layer in LAYERS}
-
-    def describe(self) -> str:
-        return f"chain base<-mid<-top on file-{self.storage.kind} ({self.storage.directory})"
-
 
 def make_chain(targets: "Provisioner", tools: Tools, storage_kind: str) -> Chain:
     """Create the ``chain`` recipe on *storage_kind* storage; skips if the host cannot."""

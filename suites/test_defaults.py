@@ -8,12 +8,14 @@
   writes fail with the storage's error, even with auto-read-only=on.
 """
 import json
+import re
 
 import pytest
 
 from pytest_qemublock.host import facts as hostfacts
 from pytest_qemublock.scenario import matrix
-from pytest_qemublock.scenario import observe
+from pytest_qemublock.qemu.instance import LaunchError
+from pytest_qemublock.scenario import drive, outcome
 from pytest_qemublock.expectations import O_RDONLY, O_RDWR, defaults
 from pytest_qemublock.backends import nbd
 
@@ -30,7 +32,7 @@ def test_classic_drive(case, targets, qemu, qemu_build, qemu_caps, qb_evidence):
     """``-drive file=X,format=F,if=none`` as users write it: no node names, defaults."""
     target = targets.target("file", case.storage, case.fmt)
     ro = case.variant == "classic_ro"
-    arg = f"file={observe.qemu_opt_escape(str(target.fd_path))},format={case.fmt},if=none,id=d0"
+    arg = f"file={drive.qemu_opt_escape(str(target.fd_path))},format={case.fmt},if=none,id=d0"
     if ro:
         arg += ",read-only=on"
     qb_evidence.note(case=case.describe(), drive=arg)
@@ -38,14 +40,14 @@ def test_classic_drive(case, targets, qemu, qemu_build, qemu_caps, qb_evidence):
                                         observe_error(target), qemu_caps)
     try:
         vm = qemu.start("-drive", arg, wrapper=target.wrapper)
-    except Exception as e:  # LaunchError
-        obs = observe.Observed("drive", False, getattr(e, "stderr", str(e)))
+    except LaunchError as e:
+        obs = drive.launch_failed(e)
     else:
-        obs = observe.Observed("drive", True, vm=vm)
+        # the drive has no node name: its ro is query-block's, keyed by the drive id
+        obs = outcome.Outcome(True, vm=vm, fds={outcome.IMAGE: hostfacts.fd_modes(vm.pid, target.fd_path)})
         obs.ro = {b["device"]: bool(b["inserted"]["ro"]) for b in vm.execute("query-block")
                   if "inserted" in b}
-        obs.fd = hostfacts.fd_modes(vm.pid, target.fd_path)
-    observe.check(exp, obs, what=f"-drive {arg} ({case.id})", build=qemu_build.name)
+    outcome.check(exp, obs, what=f"-drive {arg} ({case.id})", build=qemu_build.name)
 
 
 def observe_error(target):
@@ -72,7 +74,7 @@ def test_backing_children_open_read_only(case, targets, qemu, qemu_build, qb_evi
                 "file": {"driver": "file", "node-name": "top-file", "filename": path}}
         vm = qemu.start("-blockdev", json.dumps(opts), wrapper=st.wrapper)
     else:
-        arg = f"file={observe.qemu_opt_escape(path)},format=qcow2,if=none,id=d0,node-name=top"
+        arg = f"file={drive.qemu_opt_escape(path)},format=qcow2,if=none,id=d0,node-name=top"
         arg += ",read-only=on" if top_ro else ""
         vm = qemu.start("-drive", arg, wrapper=st.wrapper)
     qb_evidence.note(case=case.describe())
@@ -118,9 +120,9 @@ def test_tools_on_read_only_storage(case, tool, targets, qemu_build, qemu_tools,
     else:
         assert res.returncode != 0, f"{what}: expected a refusal ({tool.because}), but it succeeded: {output}"
         err = defaults.tool_error(tool, p, q, case.storage)
-        import re
-
-        assert re.search(err, output), f"{what}: error does not match /{err}/ ({tool.because}):\n{output}"
+        message = outcome.tool_message(output, f"qemu-{tool.role}")
+        assert re.fullmatch(err, message), (
+            f"{what}: error message does not match /{err}/ ({tool.because}):\n{message}")
     assert raw.image.unchanged() and qcow2.image.unchanged(), f"{what}: read-only storage was written"
 
 
@@ -139,8 +141,10 @@ def test_servers_on_read_only_storage(case, targets, qemu, qemu_build, qemu_caps
     vm = qemu.start("-blockdev", json.dumps({**server.blockdev_options(), "node-name": "c0",
                                              "read-only": True}))
     assert vm.node_ro("c0") is True
-    err = vm.execute_error("human-monitor-command", {"command-line": "qemu-io c0 \"read -P 0x5a 0 4k\""})
-    assert err is None, f"{case.id}: reading through the read-only export failed: {err}"
+    pattern = target.image.patterns[0]
+    read = drive.hmp_qemu_io(vm, "c0", f"read {pattern.io_args()}")
+    assert read.pattern_ok, (f"{case.id} [build {qemu_build.name}]: reading {pattern.io_args()} through the "
+                             f"read-only export failed: {read.describe()}")
     with _refused() as refused:
         start(targets.server_ctx, target.fd_path, readonly=False, wrapper=target.wrapper)
     msg = refused.message

@@ -27,7 +27,7 @@ import pytest
 
 from pytest_qemublock.host import facts as hostfacts
 from pytest_qemublock.scenario import matrix
-from pytest_qemublock.scenario import observe
+from pytest_qemublock.scenario import drive, outcome
 from pytest_qemublock.backends import registry
 from pytest_qemublock.expectations import degrade
 from pytest_qemublock.storage.images import Pattern
@@ -100,30 +100,30 @@ def test_degraded_node_refuses_writers_and_serves_reads(case, targets, qemu, qem
     qb_evidence.note(case=case.describe(), options=opts)
     expected = degrade.expect_degraded(case, target, qemu_caps)
 
-    observed = observe.open_node(qemu, case.interface, opts, target)
+    observed = drive.open_node(qemu, case.interface, opts, target)
 
-    observe.check(expected, observed, what=f"open {what}", build=qemu_build.name)
+    outcome.check(expected, observed, what=f"open {what}", build=qemu_build.name)
     vm = observed.vm
-    observe.nbd_server_start(vm, export_sock)
-    writers = {"export": lambda: observe.export_writer(vm, "n0", "w0", target, interface=case.interface)}
+    drive.nbd_server_start(vm, export_sock)
+    writers = {"export": ("block-export-add writable=true",
+                          lambda: drive.export_writer(vm, "n0", "w0", target, interface=case.interface))}
     if vm.kind == "system":  # qemu-storage-daemon has no HMP
-        writers["hmp-qemu-io"] = lambda: observe.qemu_io_write(vm, "n0", WRITE, target,
-                                                               interface=case.interface)
-    for writer, attach in writers.items():
-        attempt = attach()
-        observe.check_step(degrade.expect_writer_refused(case, target, writer), attempt,
-                           what=f"{attempt.step} on {what}", build=qemu_build.name)
-        observe.check(observe.with_because(expected, f"a refused writer leaves the node as it was; "
-                                                     f"{expected.because}"),
-                      observe.state_of(attempt), what=f"after refused {attempt.step}: {what}",
-                      build=qemu_build.name)
+        writers["hmp-qemu-io"] = ("hmp qemu-io write",
+                                  lambda: drive.qemu_io_write(vm, "n0", WRITE, target, interface=case.interface))
+    for writer, (step, attach) in writers.items():
+        # a refused writer leaves the node as it was: the open's state, checked with the error
+        exp = degrade.expect_writer_refused(case, target, writer)
+        exp = exp.replace(ro=expected.ro, fds=expected.fds,
+                          because=f"{exp.because}; a refused writer leaves the node as it was: "
+                                  f"{expected.because}")
+        outcome.check(exp, attach(), what=f"{step} on {what}", build=qemu_build.name)
 
     pattern = target.image.patterns[0]
-    ok, how = observe.read_export(vm, qemu_tools, export_sock, "n0", "r0", pattern)
-    assert ok, (f"read back {what} [build {qemu_build.name}]: expected pattern {pattern.io_args()}\n"
-                f"  because:  {degrade.READS_SERVED}\n  QEMU did: {how}")
-    observe.assert_untouched(qemu, target, f"{what} [build {qemu_build.name}]",
-                             "although every writer was refused and the storage is read-only")
+    read = drive.read_export(vm, qemu_tools, export_sock, "n0", "r0", pattern)
+    assert read.pattern_ok, (f"read back {what} [build {qemu_build.name}]: expected pattern {pattern.io_args()}\n"
+                             f"  because:  {degrade.READS_SERVED}\n  QEMU did: {read.describe()}")
+    drive.assert_untouched(qemu, target, f"{what} [build {qemu_build.name}]",
+                           "although every writer was refused and the storage is read-only")
 
 
 @pytest.mark.parametrize("case", REFUSED_CASES)
@@ -133,9 +133,9 @@ def test_refused_open_leaves_nothing_behind(case, targets, qemu, qemu_build, qem
     what = described(case, target, opts)
     qb_evidence.note(case=case.describe(), options=opts)
 
-    observed = observe.open_node(qemu, "qmp", opts, target)
+    observed = drive.open_node(qemu, "qmp", opts, target)
 
-    observe.check(degrade.expect_refused(case, target), observed, what=f"open {what}",
+    outcome.check(degrade.expect_refused(case, target), observed, what=f"open {what}",
                   build=qemu_build.name)
     vm = observed.vm
     left = sorted(set(vm.nodes()) & {"n0", "p0"})
@@ -152,15 +152,15 @@ def test_refused_open_leaves_nothing_behind(case, targets, qemu, qemu_build, qem
             f"  because:  {degrade.NOTHING_LEFT}")
 
     retry = node_options(case, target, **{"read-only": True})
-    observe.check(degrade.expect_retry_read_only(case, target), observe.add_node(vm, retry, target),
+    outcome.check(degrade.expect_retry_read_only(case, target), drive.add_node(vm, retry, target),
                   what=f"blockdev-add {described(case, target, retry)} right after the refused one",
                   build=qemu_build.name)
     pattern = target.image.patterns[0]
-    read = observe.hmp_qemu_io(vm, "n0", f"read {pattern.io_args()}")
+    read = drive.hmp_qemu_io(vm, "n0", f"read {pattern.io_args()}")
     assert read.pattern_ok, (
         f"HMP qemu-io read of {described(case, target, retry)} after the refused open "
         f"[build {qemu_build.name}]: expected pattern {pattern.io_args()}\n"
         f"  because:  the refused open left the image and the node name untouched\n"
         f"  QEMU did: {read.describe()}")
-    observe.assert_untouched(qemu, target, f"{what} [build {qemu_build.name}]")
+    drive.assert_untouched(qemu, target, f"{what} [build {qemu_build.name}]")
 

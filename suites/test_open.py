@@ -8,7 +8,7 @@ import pytest
 
 from pytest_qemublock import expectations
 from pytest_qemublock.scenario import matrix
-from pytest_qemublock.scenario import observe
+from pytest_qemublock.scenario import drive, outcome
 
 pytestmark = pytest.mark.open
 
@@ -48,12 +48,12 @@ def test_open(case, targets, qemu, qemu_build, qemu_caps, qb_evidence):
 
     if case.interface == "qmp":
         vm = targets.hotplug_qemu(target)
-        observed = observe.add_node(vm, opts, target)
-        observe.check(expected, observed, what=f"open {case.id}", build=qemu_build.name)
-        observe.assert_released(vm, target, what, "although the storage refuses writes")
+        observed = drive.add_node(vm, opts, target)
+        outcome.check(expected, observed, what=f"open {case.id}", build=qemu_build.name)
+        drive.assert_released(vm, target, what, "although the storage refuses writes")
         return
 
-    observed = observe.open_node(qemu, case.interface, opts, target)
-    observe.check(expected, observed, what=f"open {case.id}", build=qemu_build.name)
+    observed = drive.open_node(qemu, case.interface, opts, target)
+    outcome.check(expected, observed, what=f"open {case.id}", build=qemu_build.name)
     if target.readonly:
-        observe.assert_untouched(qemu, target, what, "although the storage refuses writes")
+        drive.assert_untouched(qemu, target, what, "although the storage refuses writes")

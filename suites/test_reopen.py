@@ -1,6 +1,6 @@
 """Reopen: blockdev-reopen between read-only and read-write, and back.
 
-* the start-state x target table (RESULTS.md D1) on writable and read-only
+* the start-state x target table on writable and read-only
   storage, with and without auto-read-only: each case reopens to the target
   and then back to the options it was opened with; options left out reset to
   their defaults (a reopen saying only ``read-only=false`` turns
@@ -22,16 +22,12 @@ import json
 
 import pytest
 
-from pytest_qemublock import expectations
-from pytest_qemublock.scenario import matrix
-from pytest_qemublock.scenario import observe
+from pytest_qemublock.scenario import drive, matrix, outcome
 from pytest_qemublock.backends import registry
 from pytest_qemublock.backends.base import READONLY_KINDS
-from pytest_qemublock.host.process import ProcessError
-from pytest_qemublock.expectations import O_RDWR
+from pytest_qemublock.host.process import ProcessError, describe_status
 from pytest_qemublock.expectations import reopen as rules
 from pytest_qemublock.storage.images import Pattern
-from pytest_qemublock.scenario.stepwise import KnownQemuBug, with_known_bugs
 
 pytestmark = pytest.mark.reopen
 
@@ -75,22 +71,26 @@ def where(target, case):
     return f"on {target.describe()} ({case.id})"
 
 
+def refused_keeps(exp, current, opts):
+    """A refused reopen must leave the node as it was: *exp* with *current*'s state."""
+    if exp.ok:
+        return exp
+    kept = rules.unchanged(current, f"{rules.describe(opts)} was refused")
+    return exp.replace(ro=kept.ro, fds=kept.fds, because=f"{exp.because}; {kept.because}")
+
+
 def check_reopen(vm, target, caps, build, current, opts, *, what):
     """Reopen n0 to *opts*, check the outcome and, if refused, that nothing changed.
     Returns the expected state afterwards."""
     exp = rules.expect_reopen(target, caps, current, opts)
-    attempt = observe.reopen_node(vm, target.node("n0", **opts), target)
-    observe.check_step(exp, attempt, what=what, build=build)
-    if exp.opens:
-        return exp
-    kept = rules.unchanged(current, f"{rules.describe(opts)} was refused")
-    observe.check(kept, observe.state_of(attempt), what=f"after refused {what}", build=build)
-    return current
+    attempt = drive.reopen_node(vm, target.node("n0", **opts), target)
+    outcome.check(refused_keeps(exp, current, opts), attempt, what=what, build=build)
+    return exp if exp.ok else current
 
 
 def check_reads(vm, target, what, build):
     pattern = target.image.patterns[0]
-    read = observe.hmp_qemu_io(vm, "n0", f"read {pattern.io_args()}")
+    read = drive.hmp_qemu_io(vm, "n0", f"read {pattern.io_args()}")
     assert read.pattern_ok, (
         f"read back n0 {what} [build {build}]: expected pattern {pattern.io_args()}\n"
         f"  because:  {rules.STILL_USABLE}\n"
@@ -106,7 +106,7 @@ def test_reopen_and_back(case, targets, qemu, qemu_build, qemu_caps, qb_evidence
     qb_evidence.note(case=case.describe(), start=start, reopen=to)
     vm = qemu.start(wrapper=target.wrapper)
     current = rules.expect_start(target, qemu_caps, start)
-    observe.check(current, observe.add_node(vm, target.node("n0", **start), target),
+    outcome.check(current, drive.add_node(vm, target.node("n0", **start), target),
                   what=f"blockdev-add n0 {rules.describe(start)} {where(target, case)}", build=build)
 
     for step, opts in (("blockdev-reopen", to), ("blockdev-reopen back", start)):
@@ -117,7 +117,7 @@ def test_reopen_and_back(case, targets, qemu, qemu_build, qemu_caps, qb_evidence
 
     check_reads(vm, target, f"after the reopens {where(target, case)}", build)
     if target.readonly:
-        observe.assert_untouched(qemu, target, f"{case.id} [build {build}]",
+        drive.assert_untouched(qemu, target, f"{case.id} [build {build}]",
                                  "although the storage refuses writes")
 
 
@@ -135,7 +135,7 @@ def test_reopen_format_node_over_auto_read_only_child(case, targets, qemu, qemu_
     vm = qemu.start(wrapper=target.wrapper)
     vm.execute("blockdev-add", child)
     current = rules.expect_format_start(target, qemu_caps)
-    observe.check(current, observe.add_node(vm, {**fmt, "read-only": True}, target),
+    outcome.check(current, drive.add_node(vm, {**fmt, "read-only": True}, target),
                   what=f"blockdev-add qcow2 n0 read-only=true over p0 (auto-read-only=on) "
                        f"{where(target, case)}",
                   build=build)
@@ -143,15 +143,12 @@ def test_reopen_format_node_over_auto_read_only_child(case, targets, qemu, qemu_
     for ro in (False, True):
         exp = rules.expect_format_reopen(target, qemu_caps, ro)
         what = f"blockdev-reopen qcow2 n0 to read-only={str(ro).lower()} over p0 {where(target, case)}"
-        attempt = observe.reopen_node(vm, {**fmt, "read-only": ro}, target)
-        observe.check_step(exp, attempt, what=what, build=build)
-        if not exp.opens:
-            observe.check(rules.unchanged(current, f"read-only={str(ro).lower()} was refused"),
-                          observe.state_of(attempt), what=f"after refused {what}", build=build)
+        attempt = drive.reopen_node(vm, {**fmt, "read-only": ro}, target)
+        outcome.check(refused_keeps(exp, current, {"read-only": ro}), attempt, what=what, build=build)
 
     check_reads(vm, target, f"after the reopens {where(target, case)}", build)
     if target.readonly:
-        observe.assert_untouched(qemu, target, f"{case.id} [build {build}]",
+        drive.assert_untouched(qemu, target, f"{case.id} [build {build}]",
                                  "although the storage refuses writes")
 
 
@@ -171,15 +168,15 @@ def test_reopen_follows_storage_flip(case, targets, qemu, qemu_build, qemu_caps,
     qb_evidence.note(case=case.describe(), start=start)
     vm = qemu.start(wrapper=target.wrapper)
     current = rules.expect_start(target, qemu_caps, start)
-    observe.check(current, observe.add_node(vm, target.node("n0", **start), target),
+    outcome.check(current, drive.add_node(vm, target.node("n0", **start), target),
                   what=f"blockdev-add n0 {rules.describe(start)} {where(target, case)}", build=build)
 
     target.make_writable()
     current = check_reopen(vm, target, qemu_caps, build, current, rw,
                            what=f"blockdev-reopen n0 to {rules.describe(rw)} after make_writable() "
                                 f"{where(target, case)}")
-    wrote = observe.qemu_io_write(vm, "n0", FLIP_WRITE, target)
-    observe.check_step(rules.expect_write_after_flip(current), wrote,
+    wrote = drive.qemu_io_write(vm, "n0", FLIP_WRITE, target)
+    outcome.check(rules.expect_write_after_flip(current), wrote,
                        what=f"hmp qemu-io write {FLIP_WRITE.io_args()} to n0 {where(target, case)}",
                        build=build)
     current = check_reopen(vm, target, qemu_caps, build, current, ro,
@@ -207,33 +204,28 @@ def test_reopen_follows_storage_flip(case, targets, qemu, qemu_build, qemu_caps,
 
 
 @pytest.mark.qemu_requires(command="blockdev-reopen")
-@pytest.mark.parametrize("case", with_known_bugs("reopen", matrix.cases(
+@pytest.mark.parametrize("case", matrix.cases(
     backend_storage=[("file", "rw")], fmt=["proto"], ro=[False], aro=[False],
-    variant=["same_options_then_ro"])))
+    variant=["same_options_then_ro"]))
 def test_reopen_read_only_after_unchanged_reopen(case, targets, qemu, qemu_build, qemu_caps, qb_evidence):
     """A reopen that changes nothing, then read-only=true: the fd must become O_RDONLY."""
     target = targets.target(case.backend, case.storage, "raw")
     build = qemu_build.name
     start = case.options()
+    checks = outcome.CaseCheck("reopen", case.id, build=build, caps=qemu_caps)
     vm = qemu.start(wrapper=target.wrapper)
     current = rules.expect_start(target, qemu_caps, start)
-    observe.check(current, observe.add_node(vm, target.node("n0", **start), target),
+    outcome.check(current, drive.add_node(vm, target.node("n0", **start), target),
                   what=f"blockdev-add n0 {rules.describe(start)} {where(target, case)}", build=build)
     current = check_reopen(vm, target, qemu_caps, build, current, start,
                            what=f"blockdev-reopen n0 to the same {rules.describe(start)} "
                                 f"{where(target, case)}")
     ro = TARGETS["to_ro"]
-    exp = rules.expect_reopen(target, qemu_caps, current, ro)
-    exp = observe.with_because(exp, f"{exp.because}; {rules.SAME_OPTIONS_THEN_READ_ONLY}")
-    attempt = observe.reopen_node(vm, target.node("n0", **ro), target)
-    try:
-        observe.check_step(exp, attempt, what=f"blockdev-reopen n0 to {rules.describe(ro)} after an "
-                                               f"unchanged reopen {where(target, case)}", build=build)
-    except AssertionError as e:
-        bug = expectations.known_bug("reopen", case.id)
-        if bug and attempt.opened and attempt.ro == {"n0": True} and attempt.fd == [O_RDWR]:
-            raise KnownQemuBug(f"{e}\n  known QEMU bug: {bug}") from None
-        raise
+    checks.step(rules.expect_read_only_after_unchanged(target, qemu_caps, current),
+                drive.reopen_node(vm, target.node("n0", **ro), target),
+                what=f"blockdev-reopen n0 to {rules.describe(ro)} after an unchanged reopen "
+                     f"{where(target, case)}")
+    checks.finish()
 
 
 @pytest.mark.parametrize("command", ["blockdev-reopen", "x-blockdev-reopen"])
@@ -254,29 +246,26 @@ def test_reopen_commands_match_probe(command, qemu, qemu_build, qemu_caps):
         f"{json.dumps({'class': err.error_class, 'desc': err.desc}) if err else 'success'}")
 
 
-EMPTY_LIST_BUG = expectations.known_bug("reopen", "empty_options_list")
-
-
 @pytest.mark.qemu_requires(command="blockdev-reopen")
-@pytest.mark.xfail(EMPTY_LIST_BUG is not None, reason=EMPTY_LIST_BUG or "", strict=True, raises=KnownQemuBug)
-def test_reopen_of_nothing_is_answered(qemu, qemu_build):
+def test_reopen_of_nothing_is_answered(qemu, qemu_build, qemu_caps):
     """``blockdev-reopen`` with an empty options list is valid QAPI; QEMU must answer it
     (success or an error), not abort."""
+    checks = outcome.CaseCheck("reopen", "empty_options_list", build=qemu_build.name, caps=qemu_caps)
     vm = qemu.start()
     try:
         answer = vm.try_execute("blockdev-reopen", {"options": []})
-    except ProcessError as e:
-        # The crash is this test's finding: reap QEMU here, so that the qemu
-        # fixture's teardown does not report the same death a second time.
+    except ProcessError:
+        # QEMU died: this test's finding. Reap it here, so that the qemu fixture's
+        # teardown does not report the same death a second time.
+        vm.proc.wait_exit(vm.timeouts.shutdown)
+        got = outcome.Outcome(False, died=describe_status(vm.proc.returncode),
+                              stderr=vm.proc.stderr_text(4000))
         vm.proc.stop()
         qemu.instances.remove(vm)
         qemu.registry.forget(vm.proc)
-        text = (f"blockdev-reopen {{\"options\": []}} [build {qemu_build.name}]: QEMU died\n"
-                f"  expected: a QMP answer (an empty success or an error)\n"
-                f"  because:  the schema allows an empty list ('options': ['BlockdevOptions'])\n"
-                f"  QEMU did: {e}")
-        if EMPTY_LIST_BUG and "bs_queue != NULL" in str(e):
-            raise KnownQemuBug(f"{text}\n  known QEMU bug: {EMPTY_LIST_BUG}") from None
-        raise AssertionError(text) from None
-    assert vm.alive(), (f"blockdev-reopen of nothing [build {qemu_build.name}]: answered {answer}, "
-                        f"then QEMU died")
+    else:
+        got = outcome.Outcome(not isinstance(answer, Exception), detail=f"answered {answer}")
+        if not vm.alive():
+            got.died, got.stderr = describe_status(vm.proc.returncode), vm.proc.stderr_text(4000)
+    checks.step(rules.expect_empty_reopen(), got, what='blockdev-reopen {"options": []}')
+    checks.finish()

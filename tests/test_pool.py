@@ -6,7 +6,7 @@ from helpers import assert_no_leak, running
 
 RECORD = '''
 import json, os
-from pytest_qemublock.scenario import observe
+from pytest_qemublock.scenario import drive as observe
 
 def _record(name, pid):
     with open(os.environ["QB_MARKER"], "a") as f:

@@ -16,7 +16,7 @@ from __future__ import annotations
 from ..backends.base import Target
 from ..scenario.matrix import Case
 from ..qemu.capabilities import Capabilities
-from .common import NBD_RO_EXPORT, NODE_IS_READ_ONLY, O_RDONLY, Expect, dynamic, open_failed
+from .common import NBD_RO_EXPORT, NODE_IS_READ_ONLY, O_RDONLY, Expect, image_fd, dynamic, open_failed
 from ..backends import drivers
 from .open import effective_aro
 
@@ -64,9 +64,9 @@ def expect_degraded(case: Case, target: Target, caps: Capabilities) -> Expect:
     ro, fd, why = _protocol_state(target, caps)
     aro = "auto-read-only=on" if case.aro else "-drive's default auto-read-only=on (blockdev.c blockdev_init)"
     if case.fmt == "proto":
-        return Expect(True, ro={"n0": ro}, fd=fd if target.driver == "file" else None,
+        return Expect(True, ro={"n0": ro}, fds=image_fd(fd if target.driver == "file" else None),
                       because=f"read-only=off, {aro}, read-only storage: {why}")
-    return Expect(True, ro={"n0": False, "p0": ro}, fd=fd if target.driver == "file" else None,
+    return Expect(True, ro={"n0": False, "p0": ro}, fds=image_fd(fd if target.driver == "file" else None),
                   because=f"read-only=off, {aro}, read-only storage: the raw node stays ro=false (raw "
                           f"asks its child for WRITE only once a parent of its own does: raw_child_perm); "
                           f"its child p0 inherits auto-read-only: {why}")
@@ -102,7 +102,7 @@ def expect_refused(case: Case, target: Target) -> Expect:
         if case.fmt == "qcow2" and aro:
             why = ("auto-read-only cannot help a read-write qcow2 node: it takes WRITE on its file at "
                    "open (bdrv_default_perms_for_storage), so the file node must reopen O_RDWR "
-                   "(behaviour.md §1.2, S2)")
+                   "(file-posix raw_reconfigure_getfd)")
         else:
             why = "file-posix opens O_RDWR and the storage refuses it"
         return Expect(False, error=open_failed(target), because=f"{opts}: {why}")
@@ -121,12 +121,12 @@ def expect_refused(case: Case, target: Target) -> Expect:
                               "cannot get WRITE on it (block.c bdrv_node_refresh_perm)")
     return Expect(False, error=NBD_RO_EXPORT,
                   because=f"{opts}: the export is read-only and nothing allows a fallback; since 6.1 the "
-                          "client reports a generic EACCES text (51edbf537d, behaviour.md S3)")
+                          "client reports a generic EACCES text (51edbf537d)")
 
 
 def expect_retry_read_only(case: Case, target: Target) -> Expect:
     """The same node name opened again at once, now with read-only=on."""
     nodes = {"n0": True, **({"p0": True} if case.fmt != "proto" else {})}
-    return Expect(True, ro=nodes, fd=O_RDONLY if target.driver == "file" else None,
+    return Expect(True, ro=nodes, fds=image_fd(O_RDONLY if target.driver == "file" else None),
                   because="the refused open left nothing behind, so the node name is free; "
                           "read-only=on opens on any storage (and the child inherits it)")

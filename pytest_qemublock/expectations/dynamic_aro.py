@@ -28,9 +28,9 @@ last one has left. The rules, from block/file-posix.c and block.c:
   WRITE.
 
 :class:`Model` plays a step sequence through these rules and returns, for each
-step, the expected :class:`~pytest_qemublock.stepwise.StepExpect` with its
-reason. Measured on this machine for 7.2.22 and 10.0.2 (RESULTS.md C,
-behaviour.md §2); error texts of conflicts as measured there.
+step, the expected :class:`~pytest_qemublock.scenario.outcome.Expect` with its
+reason. Checked against 7.2.22 and 10.0.2; the conflict texts are block.c
+``bdrv_a_allow_b``'s.
 """
 from __future__ import annotations
 
@@ -39,24 +39,11 @@ from dataclasses import dataclass, field
 
 from ..backends.base import Target
 from ..qemu.capabilities import Capabilities
-from ..scenario.stepwise import StepExpect
-from ..scenario.writers import (EXPORT, EXPORT_RO, FILE_NODE, FMT_NODE, NBD_ADD, SCSI_CD, SCSI_HD, VIRTIO_BLK,
+from ..scenario.known_bugs import STALE_FLAGS_LAST_WRITER, KnownBug
+from ..scenario.outcome import IMAGE, Expect
+from ..scenario.steps import (EXPORT, EXPORT_RO, FILE_NODE, FMT_NODE, NBD_ADD, SCSI_CD, SCSI_HD, VIRTIO_BLK,
                        Attach, Detach, Flip, ReadExport, Reopen, Step, User)
-from ..scenario.known_bugs import KNOWN_BUGS
 from .common import NODE_IS_READ_ONLY, O_RDONLY, O_RDWR, dynamic, open_failed
-
-#: The S5(a) bug (behaviour.md S5(a), RESULTS.md C3); the same root cause as
-#: S5(b) (the reopen scenario's KNOWN_BUGS entry).
-BUG_STALE_OPEN_FLAGS = (
-    "QEMU bug (7.2.22 and 10.0.2; present since 6.1): after a blockdev-reopen that keeps file-posix's "
-    "fd, the fd is not downgraded when the last writer leaves. block/file-posix.c raw_reopen_commit() "
-    "copies BDRVRawReopenState.open_flags into s->open_flags, but since 72373e40fb ('block: "
-    "bdrv_reopen_multiple: refresh permissions on updated graph', v6.1) raw_reopen_prepare() no longer "
-    "fills it in (g_new0: 0 = O_RDONLY); raw_set_perm() only corrects it when a new fd was opened. "
-    "With the stale O_RDONLY flags, raw_reconfigure_getfd() finds the wanted O_RDONLY 'already there' "
-    "and keeps the O_RDWR fd (a second writer cycle opens a new fd and heals it)")
-
-KNOWN_BUGS.append(("dynamic", r"^file-rw-raw-reopen-aro-on-under-", BUG_STALE_OPEN_FLAGS))
 
 #: commands each step kind needs (capability guards, not version numbers)
 _COMMANDS = {EXPORT: "block-export-add", EXPORT_RO: "block-export-add", NBD_ADD: "nbd-server-add",
@@ -127,6 +114,7 @@ class Model:
     recorded: str = O_RDONLY  # what file-posix believes it holds (s->open_flags)
     refuses: bool = False  # the storage refuses writes now
     opened_new: bool = False  # the last refresh opened a new fd
+    stale_fd: str | None = None  # the fd QEMU keeps if the last step shows STALE_FLAGS_LAST_WRITER
 
     def __post_init__(self) -> None:
         if not dynamic(self.caps):
@@ -150,34 +138,46 @@ class Model:
         return (f"{self.target.describe()} refuses writes" if self.refuses
                 else f"{self.target.describe()} accepts writes")
 
-    def expect(self, ok: bool, because: str, error: str | None = None, bug: str | None = None
-               ) -> StepExpect:
-        return StepExpect(ok, error, ro={FILE_NODE: self.ro, FMT_NODE: False},
-                          fds={"image": self.fd}, because=because, bug=bug)
+    def expect(self, ok: bool, because: str, error: str | None = None, bug: KnownBug | None = None
+               ) -> Expect:
+        return Expect(ok, error, ro={FILE_NODE: self.ro, FMT_NODE: False},
+                      fds={IMAGE: self.fd}, because=because, bug=bug)
 
-    def refresh(self, users: list[User], ro: bool, aro: bool) -> tuple[str | None, str, str | None]:
+    def bug_seen(self, bug: KnownBug) -> None:
+        """QEMU showed *bug* at the last step: go on along the buggy timeline."""
+        if bug is not STALE_FLAGS_LAST_WRITER or self.stale_fd is None:
+            raise ValueError(f"the model predicts no known bug {bug.id} at the last step")
+        # QEMU kept its O_RDWR fd while s->open_flags still says O_RDONLY: the next
+        # refresh that wants O_RDWR opens a new fd and so heals the flags (see refresh()).
+        self.fd, self.stale_fd = self.stale_fd, None
+
+    def refresh(self, users: list[User], ro: bool, aro: bool) -> tuple[str | None, str, KnownBug | None]:
         """A permission refresh (raw_check_perm -> raw_reconfigure_getfd) with these users and flags.
 
         Returns (error, why, bug) and updates fd/recorded on success. ``bug`` is set where
-        QEMU keeps a wrong fd because of stale ``s->open_flags`` (BUG_STALE_OPEN_FLAGS); the
-        model then continues as a fixed build would.
+        QEMU keeps a wrong fd because of stale ``s->open_flags`` (STALE_FLAGS_LAST_WRITER):
+        the expectation is what a fixed build does; :meth:`bug_seen` switches to the fd QEMU
+        kept.
         """
         want = self.wanted(users, ro, aro)
+        self.stale_fd = None
         if want == self.recorded:
             if self.fd != want:
-                self.fd = want
-                return None, f"raw_reconfigure_getfd should open a new {want} fd", BUG_STALE_OPEN_FLAGS
+                self.stale_fd, self.fd = self.fd, want
+                return None, f"raw_reconfigure_getfd should open a new {want} fd", STALE_FLAGS_LAST_WRITER
             return None, "the wanted mode equals file-posix's s->open_flags, so the fd is kept", None
         if want == O_RDWR and self.refuses:
             return (open_failed(self.target),
                     f"{self.storage_text()}: the O_RDWR open for the new fd fails "
                     "(file-posix raw_reconfigure_getfd -> util/osdep.c qemu_open_internal)", None)
+        healed = (f" (s->open_flags said {self.recorded} although the fd is {self.fd}: the new fd "
+                  f"heals the stale flags)" if self.fd == want else "")
         self.fd = self.recorded = want
         self.opened_new = True
-        return None, f"raw_reconfigure_getfd opens a new {want} fd", None
+        return None, f"raw_reconfigure_getfd opens a new {want} fd{healed}", None
 
     # -- the steps -----------------------------------------------------------------------
-    def step(self, step: Step) -> StepExpect:
+    def step(self, step: Step) -> Expect:
         if isinstance(step, Attach):
             return self.attach(step.user)
         if isinstance(step, Detach):
@@ -197,7 +197,7 @@ class Model:
                                      f"{self.fd} fd until the permissions change")
         raise TypeError(f"unknown step {step!r}")
 
-    def attach(self, user: User) -> StepExpect:
+    def attach(self, user: User) -> Expect:
         writers = self.writers
         if _writes(user):
             # bdrv_parent_perms_conflict: a over parents (newest first), b over the others;
@@ -219,8 +219,8 @@ class Model:
             err, why, bug = self.refresh([*self.users, user], self.ro, self.aro)
             if err is not None:
                 return self.expect(False, f"{why}; the attach is rolled back and the node stays usable "
-                                          f"read-only with its {self.fd} fd (behaviour.md §2, "
-                                          f"RESULTS.md C4)", error=err)
+                                          f"read-only with its {self.fd} fd (the new fd's open failed in "
+                                          f"raw_check_perm, so file-posix keeps the old one)", error=err)
             self.users.append(user)
             if writers:
                 why = (f"{_ids(writers)} already write(s): the fd is already {self.fd}" if self.fd == O_RDWR
@@ -239,7 +239,7 @@ class Model:
         return self.expect(True, f"{user} takes no WRITE (CONSISTENT_READ only): no fd change, "
                                  f"the fd stays {self.fd}")
 
-    def detach(self, id: str) -> StepExpect:
+    def detach(self, id: str) -> Expect:
         user = next((u for u in self.users if u.id == id), None)
         if user is None:
             raise ValueError(f"detach {id}: the sequence never attached it")
@@ -260,13 +260,13 @@ class Model:
             because = f"{user} held no WRITE: the fd stays {before}"
         return self.expect(True, because, bug=bug)
 
-    def reopen(self, ro: bool, aro: bool) -> StepExpect:
+    def reopen(self, ro: bool, aro: bool) -> Expect:
         opts = f"{{read-only: {str(ro).lower()}, auto-read-only: {str(aro).lower()}}}"
         writers = self.writers
         if ro and writers:
             return self.expect(False, f"reopen {opts} with {_ids(writers)} writing: block.c "
                                       f"bdrv_node_refresh_perm refuses, the reopen is aborted and the fd "
-                                      f"stays {self.fd} (RESULTS.md C3b)",
+                                      f"stays {self.fd} (bdrv_reopen_abort)",
                                error=re.escape(f"Read-only block node '{FILE_NODE}' cannot support "
                                                f"read-write users"))
         self.opened_new = False
@@ -277,7 +277,7 @@ class Model:
                                       f"the node and its {self.fd} fd", error=err)
         self.ro, self.aro = ro, aro
         if not self.opened_new:
-            # raw_reopen_commit() leaves s->open_flags = 0 = O_RDONLY (BUG_STALE_OPEN_FLAGS);
+            # raw_reopen_commit() leaves s->open_flags = 0 = O_RDONLY (STALE_FLAGS_LAST_WRITER);
             # harmless while the fd is O_RDONLY, a trap once it is O_RDWR.
             self.recorded = O_RDONLY
         if ro:

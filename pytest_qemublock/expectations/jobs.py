@@ -22,8 +22,7 @@ expectations/dynamic_aro.py). On storage that refuses writes the reopen fails
 with ``Could not open '<path>': <strerror>`` (util/osdep.c), the job is never
 created and nothing changes; a base *file* node with ``read-only=on`` refuses
 the reopen as ``Block node is read-only`` (block.c bdrv_node_refresh_perm),
-without trying any open. Measured for 7.2.22 and 10.0.2 in RESULTS.md E and
-behaviour.md §3.5.
+without trying any open. Checked against 7.2.22 and 10.0.2.
 """
 from __future__ import annotations
 
@@ -31,43 +30,12 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-from ..scenario.chains import LAYERS, Chain
+from ..scenario.steps import LAYERS, Chain
 from ..storage.images import Pattern
 from ..qemu.capabilities import Capabilities
-from ..scenario.stepwise import StepExpect
-from ..scenario.known_bugs import KNOWN_BUGS
-from ..scenario.known_bugs import known_bug as _known_bug
+from ..scenario.known_bugs import ACTIVE_COMMIT_ABORT, ACTIVE_COMMIT_SOFT_CANCEL, KnownBug
+from ..scenario.outcome import Expect
 from .common import NODE_IS_READ_ONLY, O_RDONLY, O_RDWR, dynamic
-
-
-BUG_ACTIVE_COMMIT_SOFT_CANCEL_KEEPS_BASE_RW = (
-    "QEMU bug (7.2.22 and 10.0.2): block-job-cancel of an active block-commit after READY leaves the "
-    "base read-write. block/mirror.c commit_active_start() reopens a read-only base read-write; "
-    "mirror_exit_common() restores it only when the job aborts (7d99ae59a2, QEMU 9.1) and otherwise only "
-    "adjusts it on completion, where the base replaces the top. A cancel after READY is no abort and no "
-    "completion: the base is a backing file again but stays ro=false although its node says "
-    "read-only=on, keeping WRITE on its file (an O_RDWR fd, and QEMU's write lock: another process can "
-    "no longer open the base even read-only: 'Failed to get shared \"write\" lock')")
-BUG_ACTIVE_COMMIT_ABORT_KEEPS_BASE_RW = (
-    "QEMU bug, fixed in QEMU 9.1 by 7d99ae59a2 ('blockcommit: Reopen base image as RO after abort'): an "
-    "active block-commit cancelled before READY left the base read-write (block/mirror.c restored the "
-    "base's read-only flag only if the job failed to start)")
-
-#: Known bugs that a release fixed: bug -> (first fixed release, commit). A fix has no QAPI
-#: trace to probe, so this is the one place where a version number decides anything, and it
-#: only decides whether a case is an expected failure; the expectation itself is the same.
-FIXED_IN = {BUG_ACTIVE_COMMIT_ABORT_KEEPS_BASE_RW: ((9, 1), "7d99ae59a2")}
-
-KNOWN_BUGS.append(("jobs", r"^file-rw-chain-active-commit-cancel$", BUG_ACTIVE_COMMIT_SOFT_CANCEL_KEEPS_BASE_RW))
-KNOWN_BUGS.append(("jobs", r"^file-rw-chain-active-commit-cancel-early$", BUG_ACTIVE_COMMIT_ABORT_KEEPS_BASE_RW))
-
-
-def known_bug(case_id: str, caps: Capabilities) -> str | None:
-    """The KNOWN_BUGS entry for *case_id* if this build still has the bug."""
-    bug = _known_bug("jobs", case_id)
-    if bug is not None and bug in FIXED_IN and tuple(caps.version[:2]) >= FIXED_IN[bug][0]:
-        return None
-    return bug
 
 
 #: variants that run on every storage; the others only on writable storage
@@ -87,7 +55,7 @@ class Layout:
 
     top_ro: bool
     base_file: Mapping[str, Any]  # extra options of base-file
-    opened: StepExpect  # the state right after start-up
+    opened: Expect  # the state right after start-up
 
 
 @dataclass(frozen=True)
@@ -96,11 +64,11 @@ class JobPlan:
 
     command: str
     arguments: Mapping[str, Any]
-    start: StepExpect  # right after the command returned: the state *during* the job, or its error
+    start: Expect  # right after the command returned: the state *during* the job, or its error
     statuses: tuple[str, ...] = ()  # allowed query-block-jobs statuses of the job meanwhile
     finish: tuple[str, ...] = ()  # "set-speed-0" | "ready" | "complete" | "cancel", in order
     event: str = ""  # the event that ends the job
-    end: StepExpect | None = None  # the state after that event
+    end: Expect | None = None  # the state after that event
 
     @property
     def job(self) -> str:
@@ -152,7 +120,7 @@ class Rules:
         self.refuses = chain.readonly
         # The active layer is read-write, as a running guest has it; on storage that refuses
         # writes it can only be opened read-only (a read-write qcow2 needs WRITE on its file at
-        # open, behaviour.md §1.2). block-stream writes into the top: it starts read-only.
+        # open, block.c bdrv_default_perms_for_storage). block-stream writes into the top: it starts read-only.
         self.top_ro = self.refuses or variant == "stream"
         self.base_file: dict[str, Any] = {}
         if variant == "base-file-ro":
@@ -162,7 +130,7 @@ class Rules:
 
     # -- states ---------------------------------------------------------------------------
     def state(self, *, base_rw: bool = False, top_rw: bool | None = None, ok: bool = True,
-              error: str | None = None, because: str, bug: str | None = None) -> StepExpect:
+              error: str | None = None, because: str, bug: KnownBug | None = None) -> Expect:
         """The chain with base-fmt / top-fmt read-write or not; fds follow the rules."""
         top_rw = (not self.top_ro) if top_rw is None else top_rw
         base_file_ro = self.variant == "base-file-ro"
@@ -173,7 +141,7 @@ class Rules:
         fds = {"base": O_RDWR if (base_rw or static_base) else O_RDONLY,
                "mid": O_RDONLY,
                "top": O_RDWR if top_rw else O_RDONLY}
-        return StepExpect(ok, error, ro=ro, fds=fds, because=because, bug=bug)
+        return Expect(ok, error, ro=ro, fds=fds, because=because, bug=bug)
 
     def layout(self) -> Layout:
         parts = ["base-fmt and mid-fmt read-only=on, every file node auto-read-only=on: dynamic "
@@ -191,7 +159,7 @@ class Rules:
                          "users (file-posix raw_parse_flags)")
         return Layout(self.top_ro, self.base_file, self.state(because="; ".join(parts)))
 
-    def refused(self, error: str, why: str) -> StepExpect:
+    def refused(self, error: str, why: str) -> Expect:
         return self.state(ok=False, error=error,
                           because=f"{why}; the reopen is rolled back (bdrv_reopen_abort), no job is "
                                   "created and every node keeps its state")
@@ -213,7 +181,7 @@ class Rules:
             return [self.commit(commit, cancel=v == "commit-cancel")]
         return [self.active_commit(active, v)]
 
-    def _refused_open(self, layer: str, job: str) -> StepExpect:
+    def _refused_open(self, layer: str, job: str) -> Expect:
         return self.refused(
             could_not_open(self.chain.path(layer), self.chain.storage.error_text),
             f"{job} reopens {layer}-fmt read-write; its auto-read-only file node must then open an "
@@ -226,7 +194,7 @@ class Rules:
         during = self.state(base_rw=True, because=(
             "block/commit.c commit_start: the base is read-only, so it is reopened read-write for the "
             "job (s->base_read_only); the read-write qcow2 takes WRITE on base-file, whose fd switches "
-            "to O_RDWR. speed=1 keeps the job running so this state is seen for sure (RESULTS.md E1)"))
+            "to O_RDWR. speed=1 keeps the job running so this state is seen for sure"))
         if self.variant == "base-file-aro-off":
             after_fd = ("; base-file has auto-read-only=off, so its fd stays O_RDWR (raw_parse_flags) "
                         "although nothing writes any more")
@@ -248,8 +216,7 @@ class Rules:
             return JobPlan("block-stream", args, self._refused_open("top", "block-stream"))
         during = self.state(top_rw=True, because=(
             "block/stream.c stream_start: the top is read-only, so it is reopened read-write for the "
-            "job (bs_read_only); top-file's fd switches to O_RDWR. speed=1 keeps the job running "
-            "(RESULTS.md E2)"))
+            "job (bs_read_only); top-file's fd switches to O_RDWR. speed=1 keeps the job running"))
         return JobPlan("block-stream", args, during, statuses=("running",), finish=("set-speed-0",),
                        event="BLOCK_JOB_COMPLETED", end=self.state(top_rw=False, because=(
                            "block/stream.c stream_clean reopens the top read-only again (bs_read_only); "
@@ -262,7 +229,7 @@ class Rules:
             return JobPlan("block-commit", args, self._refused_open("base", "active block-commit"))
         during = self.state(base_rw=True, because=(
             "block/mirror.c commit_active_start: the base is read-only, so it is reopened read-write "
-            "before the mirror job starts; base-file's fd switches to O_RDWR (RESULTS.md E3)"))
+            "before the mirror job starts; base-file's fd switches to O_RDWR"))
         if variant == "active-commit-complete":
             return JobPlan("block-commit", args, during, statuses=("running", "ready"),
                            finish=("ready", "complete"), event="BLOCK_JOB_COMPLETED",
@@ -272,7 +239,7 @@ class Rules:
                                "top's read-only flag (false): the base stays read-write, O_RDWR, as the "
                                "new active layer. top-fmt is still a read-write qcow2 node (only taken "
                                "out of the graph), so top-file keeps its O_RDWR fd")))
-        def cancel_end(bug: str) -> StepExpect:
+        def cancel_end(bug: KnownBug) -> Expect:
             return self.state(because=(
                 "the job was cancelled: the base is a backing file again and should be read-only, as "
                 "its node says (read-only=on), with an O_RDONLY fd - as the intermediate commit and "
@@ -283,10 +250,10 @@ class Rules:
             # (qapi block-job-cancel).
             return JobPlan("block-commit", args, during, statuses=("running", "ready"),
                            finish=("ready", "cancel"), event="BLOCK_JOB_COMPLETED",
-                           end=cancel_end(BUG_ACTIVE_COMMIT_SOFT_CANCEL_KEEPS_BASE_RW))
+                           end=cancel_end(ACTIVE_COMMIT_SOFT_CANCEL))
         # speed=1: the mirror copies its first chunk and sleeps, never READY: a real cancel.
         return JobPlan("block-commit", args, during, statuses=("running",), finish=("cancel",),
-                       event="BLOCK_JOB_CANCELLED", end=cancel_end(BUG_ACTIVE_COMMIT_ABORT_KEEPS_BASE_RW))
+                       event="BLOCK_JOB_CANCELLED", end=cancel_end(ACTIVE_COMMIT_ABORT))
 
     # -- data --------------------------------------------------------------------------------
     def unchanged_because(self) -> str:

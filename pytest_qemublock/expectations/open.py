@@ -4,7 +4,7 @@ from __future__ import annotations
 from ..backends.base import Target
 from ..scenario.matrix import Case
 from ..qemu.capabilities import Capabilities
-from .common import NBD_RO_EXPORT, NODE_IS_READ_ONLY, O_RDONLY, O_RDWR, Expect, dynamic, open_failed
+from .common import NBD_RO_EXPORT, NODE_IS_READ_ONLY, O_RDONLY, O_RDWR, Expect, image_fd, dynamic, open_failed
 from ..backends import drivers
 
 #: where each protocol driver refuses a read-write open (see backends/drivers.py)
@@ -34,18 +34,18 @@ def expect_open(case: Case, target: Target, caps: Capabilities) -> Expect:
 
     if ro:
         nodes = {"n0": True, **({"p0": True} if fmt else {})}
-        return Expect(True, ro=nodes, fd=O_RDONLY if file else None,
+        return Expect(True, ro=nodes, fds=image_fd(O_RDONLY if file else None),
                       because=f"{opts}: read-only=on opens read-only on any storage")
 
     if not target.readonly:
         if fmt:
             # A read-write qcow2 takes WRITE on its file at once, so even a
-            # dynamic file child switches to O_RDWR (behaviour.md §1.2).
-            return Expect(True, ro={"n0": False, "p0": False}, fd=O_RDWR if file else None,
+            # dynamic file child switches to O_RDWR (block.c bdrv_default_perms_for_storage).
+            return Expect(True, ro={"n0": False, "p0": False}, fds=image_fd(O_RDWR if file else None),
                           because=f"{opts}: writable storage; the format node wants to write")
         if file:
             ro_fd = O_RDONLY if aro and dynamic(caps) else O_RDWR
-            return Expect(True, ro={"n0": False}, fd=ro_fd,
+            return Expect(True, ro={"n0": False}, fds=image_fd(ro_fd),
                           because=f"{opts}: writable storage; file-posix "
                                   + ("opens O_RDONLY until a writer attaches (dynamic auto-read-only)"
                                      if ro_fd == O_RDONLY else "opens O_RDWR"))
@@ -61,21 +61,22 @@ def expect_open(case: Case, target: Target, caps: Capabilities) -> Expect:
         return Expect(False, error=drivers.refused_open(target),
                       because=f"{opts}: the {target.driver} driver has no auto-read-only fallback: "
                               f"it opens the remote file O_RDWR and the server refuses "
-                              f"({_REFUSED_IN.get(target.driver, target.driver)}; behaviour.md §1.3)")
+                              f"({_REFUSED_IN.get(target.driver, target.driver)})")
     if fmt:
         if file:
             return Expect(False, error=open_failed(target),
                           because=f"{opts}: auto-read-only cannot help a read-write format node: "
-                                  "it needs WRITE on its file, which the storage refuses (§1.2)")
+                                  "it needs WRITE on its file, which the storage refuses "
+                                  "(block.c bdrv_default_perms_for_storage)")
         return Expect(False, error=NODE_IS_READ_ONLY,
                       because=f"{opts}: the {target.driver} child degrades to ro=true, the read-write "
                               "format node on top cannot get WRITE (block.c bdrv_node_refresh_perm)")
     if file:
         if dynamic(caps):
-            return Expect(True, ro={"n0": False}, fd=O_RDONLY,
+            return Expect(True, ro={"n0": False}, fds=image_fd(O_RDONLY),
                           because=f"{opts}: degrades silently; dynamic file-posix keeps ro=false "
                                   "with an O_RDONLY fd (file-posix.c raw_open_common)")
-        return Expect(True, ro={"n0": True}, fd=O_RDONLY,
+        return Expect(True, ro={"n0": True}, fds=image_fd(O_RDONLY),
                       because=f"{opts}: degrades to ro=true (pre-4.0 file-posix)")
     return Expect(True, ro={"n0": True},
                   because=f"{opts}: degrades; the {target.driver} node shows ro=true "

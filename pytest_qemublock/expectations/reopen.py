@@ -5,13 +5,13 @@
 * "Any option not specified will be reset to its default value" (QAPI doc):
   a reopen that only says ``read-only=false`` also sets auto-read-only back
   to false, so on read-only storage it fails even if the node was opened
-  with auto-read-only=on (behaviour.md S6, RESULTS.md D1);
+  with auto-read-only=on (qapi/block-core.json, blockdev-reopen);
 * file-posix decides the fd from the new flags (raw_reopen_prepare ->
   raw_reconfigure_getfd): read-write without auto-read-only needs O_RDWR
   (refused by read-only storage), auto-read-only=on keeps ro=false with an
   O_RDONLY fd while no writer is attached (dynamic), read-only=on is O_RDONLY;
 * nbd: nbd_client_reopen_prepare() refuses read-write on an export with
-  NBD_FLAG_READ_ONLY and ignores auto-read-only (behaviour.md S4), so even
+  NBD_FLAG_READ_ONLY and ignores auto-read-only, so even
   the options the node was opened with are refused;
 * a refused reopen aborts the whole transaction (bdrv_reopen_abort): the
   node keeps its flags and its fd.
@@ -23,9 +23,10 @@ from typing import Any, Mapping
 from ..backends.base import Target
 from ..scenario.matrix import Case
 from ..qemu.capabilities import Capabilities
-from .common import NBD_CANT_REOPEN_RW, NODE_IS_READ_ONLY, O_RDONLY, O_RDWR, Expect, dynamic, open_failed
+from .common import NBD_CANT_REOPEN_RW, NODE_IS_READ_ONLY, O_RDONLY, O_RDWR, Expect, image_fd, dynamic, open_failed
 from ..backends import drivers
 from .open import expect_open
+from ..scenario.known_bugs import EMPTY_REOPEN_ABORTS, STALE_FLAGS_REOPEN_RO
 
 
 def flags(opts: Mapping[str, Any]) -> tuple[bool, bool]:
@@ -55,7 +56,7 @@ def expect_start(target: Target, caps: Capabilities, opts: Mapping[str, Any]) ->
 
 def unchanged(current: Expect, why: str) -> Expect:
     """The state *current* again: a refused step must not touch the node."""
-    return Expect(True, ro=dict(current.ro), fd=current.fd,
+    return Expect(True, ro=dict(current.ro), fds=dict(current.fds),
                   because=f"{why}; a refused reopen is rolled back (bdrv_reopen_abort), so the node keeps "
                           f"its state: {current.because}")
 
@@ -72,22 +73,22 @@ def expect_reopen(target: Target, caps: Capabilities, current: Expect,
     omitted = "" if "auto-read-only" in opts or ro else " (auto-read-only left out resets it to false)"
     if target.driver == "file":
         if ro:
-            return Expect(True, ro={"n0": True}, fd=O_RDONLY,
+            return Expect(True, ro={"n0": True}, fds=image_fd(O_RDONLY),
                           because=f"{asked}: read-only=true gives an O_RDONLY fd")
         if aro:
             if dynamic(caps):
-                return Expect(True, ro={"n0": False}, fd=O_RDONLY,
+                return Expect(True, ro={"n0": False}, fds=image_fd(O_RDONLY),
                               because=f"{asked}: dynamic auto-read-only keeps ro=false with an O_RDONLY fd "
-                                      "while no writer is attached, on any storage (RESULTS.md D1)")
+                                      "while no writer is attached, on any storage (raw_reopen_prepare)")
             return Expect(True, ro={"n0": refuses_writes(target)},
-                          fd=O_RDONLY if refuses_writes(target) else O_RDWR,
+                          fds=image_fd(O_RDONLY if refuses_writes(target) else O_RDWR),
                           because=f"{asked}: pre-4.0 file-posix (no dynamic auto-read-only) degrades at "
                                   "reopen time (source reading only: no such build here)")
         if refuses_writes(target):
             return Expect(False, error=open_failed(target),
                           because=f"{asked}{omitted}: read-write without auto-read-only needs an O_RDWR "
                                   "open, which the storage refuses (util/osdep.c qemu_open_internal)")
-        return Expect(True, ro={"n0": False}, fd=O_RDWR,
+        return Expect(True, ro={"n0": False}, fds=image_fd(O_RDWR),
                       because=f"{asked}{omitted}: read-write on writable storage opens O_RDWR")
     if target.driver in drivers.CANNOT_REOPEN:
         return Expect(False, error=drivers.no_reopen(target.driver, "n0"),
@@ -109,7 +110,7 @@ def expect_reopen(target: Target, caps: Capabilities, current: Expect,
     if target.readonly:
         return Expect(False, error=NBD_CANT_REOPEN_RW,
                       because=f"{asked}: the export is read-only and nbd_client_reopen_prepare() refuses "
-                              "read-write whatever auto-read-only says (behaviour.md S4, RESULTS.md B)")
+                              "read-write whatever auto-read-only says (block/nbd.c)")
     return Expect(True, ro={"n0": False},
                   because=f"{asked}: writable export; nbd is never dynamic, so ro=false even with "
                           "auto-read-only=on")
@@ -129,7 +130,7 @@ def _child(target: Target, caps: Capabilities) -> tuple[bool, str | None]:
 def expect_format_start(target: Target, caps: Capabilities) -> Expect:
     """qcow2 ``n0`` read-only=on over ``p0`` (read-only=off, auto-read-only=on)."""
     p0, fd = _child(target, caps)
-    return Expect(True, ro={"n0": True, "p0": p0}, fd=fd,
+    return Expect(True, ro={"n0": True, "p0": p0}, fds=image_fd(fd),
                   because="a read-only qcow2 asks its child for no WRITE, so p0 stays as auto-read-only "
                           "made it (file: ro=false, O_RDONLY; nbd: ro as the export)")
 
@@ -138,17 +139,17 @@ def expect_format_reopen(target: Target, caps: Capabilities, read_only: bool) ->
     """``blockdev-reopen`` of the qcow2 ``n0`` (``file: "p0"``) to *read_only*."""
     p0, fd = _child(target, caps)
     if read_only:
-        return Expect(True, ro={"n0": True, "p0": p0}, fd=fd,
+        return Expect(True, ro={"n0": True, "p0": p0}, fds=image_fd(fd),
                       because="qcow2 back to read-only drops its WRITE on p0; the dynamic file node "
-                              "returns to O_RDONLY (behaviour.md §3.3)")
+                              "returns to O_RDONLY (file-posix raw_reconfigure_getfd)")
     if not target.readonly:
-        return Expect(True, ro={"n0": False, "p0": False}, fd=O_RDWR if target.driver == "file" else None,
+        return Expect(True, ro={"n0": False, "p0": False}, fds=image_fd(O_RDWR if target.driver == "file" else None),
                       because="a read-write qcow2 takes WRITE on p0 (bdrv_default_perms_for_storage); the "
-                              "auto-read-only file node switches to O_RDWR (behaviour.md §3.3)")
+                              "auto-read-only file node switches to O_RDWR")
     if target.driver == "file":
         return Expect(False, error=open_failed(target),
                       because="qcow2 read-write needs WRITE on p0; the file node must reopen O_RDWR, "
-                              "which the storage refuses (behaviour.md §3.3)")
+                              "which the storage refuses (util/osdep.c qemu_open_internal)")
     return Expect(False, error=NODE_IS_READ_ONLY,
                   because="qcow2 read-write needs WRITE on p0, which auto-read-only made ro=true "
                           "(block.c bdrv_node_refresh_perm)")
@@ -158,20 +159,32 @@ def expect_format_reopen(target: Target, caps: Capabilities, read_only: bool) ->
 
 SAME_OPTIONS_THEN_READ_ONLY = (
     "a node reopened read-only must drop write access: raw_reopen_prepare() computes O_RDONLY "
-    "from the new flags, as a direct reopen read-only=true from the same start state shows "
-    "(RESULTS.md D2b)")
+    "from the new flags, as a direct reopen read-only=true from the same start state shows")
 
 STILL_USABLE = ("a reopen, granted or refused, leaves a working node: the image's pattern reads back "
                 "through it (a refused one is rolled back by bdrv_reopen_abort)")
 
 FLIP_BACK = ("the storage can only be made read-only again once QEMU holds no O_RDWR fd on it "
-             "(a read-only remount fails with EBUSY otherwise, RESULTS.md D3), so the node is "
-             "reopened read-only first")
+             "(the kernel refuses a read-only remount with EBUSY while a file is open for writing), so "
+             "the node is reopened read-only first")
 
 
 def expect_write_after_flip(current: Expect) -> Expect:
     """HMP ``qemu-io write`` on ``n0`` once the storage accepts writes and ``n0`` was
     reopened read-write (*current*): it succeeds and the node stays as it was."""
-    return Expect(True, ro=dict(current.ro), fd=current.fd,
+    return Expect(True, ro=dict(current.ro), fds=dict(current.fds),
                   because="the storage accepts writes now and n0 is read-write with an O_RDWR fd, "
                           "so the writer needs no reopen (file-posix raw_check_perm: nothing to change)")
+
+
+def expect_read_only_after_unchanged(target: Target, caps: Capabilities, current: Expect) -> Expect:
+    """``blockdev-reopen`` to read-only=true right after a reopen that changed nothing."""
+    exp = expect_reopen(target, caps, current, {"read-only": True})
+    return exp.replace(because=f"{exp.because}; {SAME_OPTIONS_THEN_READ_ONLY}", bug=STALE_FLAGS_REOPEN_RO)
+
+
+def expect_empty_reopen() -> Expect:
+    """``blockdev-reopen`` with ``options: []``."""
+    return Expect(None, because="the schema allows an empty list ('options': ['BlockdevOptions']): "
+                                "QEMU must answer it (an empty success or an error), not die",
+                  bug=EMPTY_REOPEN_ABORTS)

@@ -16,44 +16,22 @@ Block jobs then have to reopen a read-only layer read-write themselves.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping
 
+from ..qemu.tools import QemuIoResult
 from ..storage.images import Image, ImageFactory, Pattern, Tools
-from ..storage.local import Storage, unavailable_reason
-from .stepwise import StepResult, result
+from ..storage.local import unavailable_reason
+from .drive import state as _state
+from .outcome import Outcome
+from .steps import LAYERS, NODES, Chain
+
+__all__ = ["LAYERS", "NODES", "Chain", "backing_file", "blockdev_args", "block_jobs", "make_chain",
+           "read_pattern", "state"]
 
 if TYPE_CHECKING:
     from ..backends.provisioner import Provisioner
     from ..qemu.instance import QemuInstance
     from ..qemu.qmp import QmpError
-
-LAYERS = ("base", "mid", "top")
-NODES = tuple(f"{layer}-{kind}" for layer in LAYERS for kind in ("fmt", "file"))
-
-
-@dataclass
-class Chain:
-    """The three layers (host paths in :attr:`images`) on one storage."""
-
-    storage: Storage
-    images: dict[str, Image]  # layer -> image, created through the writable host path
-
-    @property
-    def readonly(self) -> bool:
-        return self.storage.kind != "rw"
-
-    def path(self, layer: str) -> Path:
-        """The path QEMU (inside the storage's wrapper) opens for *layer*."""
-        return self.storage.qemu_path(self.images[layer].path)
-
-    def qemu_paths(self) -> dict[str, Path]:
-        return {layer: self.path(layer) for layer in LAYERS}
-
-    def describe(self) -> str:
-        return f"chain base<-mid<-top on file-{self.storage.kind} ({self.storage.directory})"
-
 
 def make_chain(targets: "Provisioner", tools: Tools, storage_kind: str) -> Chain:
     """Create the ``chain`` recipe on *storage_kind* storage; skips if the host cannot."""
@@ -87,9 +65,9 @@ def blockdev_args(chain: Chain, *, top_ro: bool, base_file: Mapping[str, Any] | 
     return args
 
 
-def state(vm: "QemuInstance", chain: Chain, err: "QmpError | None" = None) -> StepResult:
+def state(vm: "QemuInstance", chain: Chain, err: "QmpError | None" = None) -> Outcome:
     """ro of the six named nodes and QEMU's fd mode per layer image."""
-    return result(vm, err, NODES, chain.qemu_paths())
+    return _state(vm, NODES, dict(chain.qemu_paths()), err)
 
 
 def block_jobs(vm: "QemuInstance") -> list[tuple[str, str]]:
@@ -97,16 +75,9 @@ def block_jobs(vm: "QemuInstance") -> list[tuple[str, str]]:
     return [(j["device"], j["status"]) for j in vm.execute("query-block-jobs")]
 
 
-def read_pattern(tools: Tools, image: Image, pattern: Pattern) -> tuple[bool, str]:
-    """``qemu-io -r`` *pattern* from *image* through its on-disk backing chain.
-
-    Returns (every byte matched, the command and what it printed).
-    """
-    cmd = f"read {pattern.io_args()}"
-    res = tools.io("-r", "-U", "-f", image.fmt, "-c", cmd, image.path, check=False)
-    out = (res.stdout + res.stderr).strip()
-    ok = res.returncode == 0 and "Pattern verification failed" not in out and " bytes at offset " in out
-    return ok, f"qemu-io -r -f {image.fmt} -c '{cmd}' {image.path} -> exit {res.returncode}: {out}"
+def read_pattern(tools: Tools, image: Image, pattern: Pattern) -> QemuIoResult:
+    """``qemu-io -r`` *pattern* from *image* through its on-disk backing chain."""
+    return ImageFactory(tools, image.path.parent).read(image, pattern)
 
 
 def backing_file(tools: Tools, image: Image) -> str | None:

@@ -7,7 +7,7 @@ server) holding the node pair the dynamic scenario is about::
 
 and runs steps on it: users attach to ``fmt0`` and leave, ``f0`` is reopened,
 the storage is flipped, a read-only export is read back. Each step returns a
-:class:`~pytest_qemublock.stepwise.StepResult` with ``f0``/``fmt0``'s ``ro``
+:class:`~pytest_qemublock.scenario.outcome.Outcome` with ``f0``/``fmt0``'s ``ro``
 and the access mode of QEMU's fd for the image, observed *after* the step
 (and after its completion event, for detaches).
 
@@ -18,126 +18,23 @@ create a socket in the plugin's private socket directory.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
-from typing import Any, Union
+from typing import Any
 
 from ..backends.base import Target
 from ..qemu.factory import QemuFactory
-from ..storage.images import Tools
+from ..qemu.tools import Tools
 from ..qemu.instance import QemuInstance
 from ..qemu.qmp import QmpError
 from ..host.listeners import Listener
-from .stepwise import StepResult, result
+from .drive import state as _state
+from .outcome import IMAGE, Outcome
+from .steps import (EXPORT, EXPORT_RO, FILE_NODE, FMT_NODE, KINDS, NBD_ADD, SCSI_CD, SCSI_HD, VIRTIO_BLK,
+                    Attach, Detach, Flip, ReadExport, Reopen, Step, User, export, export_ro, nbd_add, scsi_cd,
+                    scsi_hd, virtio_blk)
 
-#: node names on the bench
-FILE_NODE, FMT_NODE = "f0", "fmt0"
-
-#: kinds of users and what they need from fmt0
-EXPORT, EXPORT_RO, NBD_ADD, SCSI_HD, SCSI_CD, VIRTIO_BLK = (
-    "export", "export-ro", "nbd-server-add", "scsi-hd", "scsi-cd", "virtio-blk")
-KINDS = (EXPORT, EXPORT_RO, NBD_ADD, SCSI_HD, SCSI_CD, VIRTIO_BLK)
-
-
-@dataclass(frozen=True)
-class User:
-    """Something that attaches to fmt0: an NBD export or a guest device."""
-
-    kind: str
-    id: str
-    share_rw: bool = False  # devices only: share-rw=on
-
-    def __post_init__(self) -> None:
-        if self.kind not in KINDS:
-            raise ValueError(f"unknown user kind {self.kind!r} ({', '.join(KINDS)})")
-
-    @property
-    def is_device(self) -> bool:
-        return self.kind in (SCSI_HD, SCSI_CD, VIRTIO_BLK)
-
-    def __str__(self) -> str:
-        text = {EXPORT: "block-export-add writable=true", EXPORT_RO: "block-export-add writable=false",
-                NBD_ADD: "nbd-server-add writable=true", SCSI_HD: "device_add scsi-hd",
-                SCSI_CD: "device_add scsi-cd", VIRTIO_BLK: "device_add virtio-blk-pci"}[self.kind]
-        return f"{text} {self.id}" + (" share-rw=on" if self.share_rw else "")
-
-
-def export(id: str) -> User:
-    return User(EXPORT, id)
-
-
-def export_ro(id: str) -> User:
-    return User(EXPORT_RO, id)
-
-
-def nbd_add(id: str) -> User:
-    return User(NBD_ADD, id)
-
-
-def scsi_hd(id: str, share_rw: bool = False) -> User:
-    return User(SCSI_HD, id, share_rw)
-
-
-def scsi_cd(id: str) -> User:
-    return User(SCSI_CD, id)
-
-
-def virtio_blk(id: str, share_rw: bool = False) -> User:
-    return User(VIRTIO_BLK, id, share_rw)
-
-
-# -- steps -----------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Attach:
-    user: User
-
-    def __str__(self) -> str:
-        return f"attach: {self.user}"
-
-
-@dataclass(frozen=True)
-class Detach:
-    id: str
-
-    def __str__(self) -> str:
-        return f"detach {self.id}"
-
-
-@dataclass(frozen=True)
-class Reopen:
-    """``blockdev-reopen`` f0 with exactly these two options (others reset to defaults)."""
-
-    ro: bool
-    aro: bool
-
-    def __str__(self) -> str:
-        return (f"blockdev-reopen f0 {{read-only: {str(self.ro).lower()}, "
-                f"auto-read-only: {str(self.aro).lower()}}}")
-
-
-@dataclass(frozen=True)
-class ReadExport:
-    """Read the image's pattern back through NBD export *id* (the build's ``qemu-io -r``)."""
-
-    id: str
-
-    def __str__(self) -> str:
-        return f"read the image pattern through export {self.id}"
-
-
-@dataclass(frozen=True)
-class Flip:
-    """Make the storage accept (``writable``) or refuse writes from now on."""
-
-    writable: bool
-
-    def __str__(self) -> str:
-        return "storage accepts writes from now on" if self.writable else "storage refuses writes again"
-
-
-Step = Union[Attach, Detach, Reopen, ReadExport, Flip]
-
+__all__ = ["EXPORT", "EXPORT_RO", "FILE_NODE", "FMT_NODE", "KINDS", "NBD_ADD", "SCSI_CD", "SCSI_HD", "VIRTIO_BLK",
+           "Attach", "Detach", "Flip", "ReadExport", "Reopen", "Step", "User", "WriterBench", "export",
+           "export_ro", "nbd_add", "scsi_cd", "scsi_hd", "virtio_blk"]
 
 class WriterBench:
     """One QEMU with fmt0 -> f0 (auto-read-only=on) and the means to add and remove users."""
@@ -165,11 +62,11 @@ class WriterBench:
         return (f"{FMT_NODE} raw over {FILE_NODE} file auto-read-only=on, "
                 f"{self.target.describe()} ({self.target.fd_path})")
 
-    def state(self, err: QmpError | None = None, detail: str = "") -> StepResult:
-        return result(self.vm, err, (FILE_NODE, FMT_NODE), {"image": self.target.fd_path}, detail)
+    def state(self, err: QmpError | None = None, detail: str = "") -> Outcome:
+        return _state(self.vm, (FILE_NODE, FMT_NODE), {IMAGE: self.target.fd_path}, err, detail)
 
     # -- steps ---------------------------------------------------------------------------
-    def run(self, step: Step) -> StepResult:
+    def run(self, step: Step) -> Outcome:
         if isinstance(step, Attach):
             return self.attach(step.user)
         if isinstance(step, Detach):
@@ -184,7 +81,7 @@ class WriterBench:
             return self.state()
         raise TypeError(f"unknown step {step!r}")
 
-    def attach(self, user: User) -> StepResult:
+    def attach(self, user: User) -> Outcome:
         if user.kind in (EXPORT, EXPORT_RO):
             err = self.vm.execute_error("block-export-add", {
                 "type": "nbd", "id": user.id, "name": user.id, "node-name": FMT_NODE,
@@ -205,7 +102,7 @@ class WriterBench:
             self.attached[user.id] = user
         return self.state(err)
 
-    def detach(self, id: str) -> StepResult:
+    def detach(self, id: str) -> Outcome:
         """Remove user *id* and wait (with a timeout) until QEMU says it is gone."""
         user = self.attached.get(id)
         if user is None:
@@ -232,15 +129,12 @@ class WriterBench:
     def uri(self, id: str) -> str:
         return f"nbd+unix:///{id}?socket={self.listener.path}"
 
-    def read(self, id: str) -> StepResult:
+    def read(self, id: str) -> Outcome:
         """``qemu-io -r`` the first pattern of the image's recipe through export *id*."""
         pattern = self.target.image.patterns[0]
-        cmd = f"read {pattern.io_args()}"
-        res = self.tools.io("-r", "-f", "raw", "-c", cmd, self.uri(id), check=False)
-        out = (res.stdout + res.stderr).strip()
-        ok = res.returncode == 0 and "Pattern verification failed" not in out and " bytes at offset " in out
-        state = self.state(detail=f"qemu-io -r -f raw -c '{cmd}' {self.uri(id)} -> exit {res.returncode}: {out}")
-        state.ok, state.error = ok, "" if ok else out
+        res = self.tools.io_command(f"read {pattern.io_args()}", "-r", "-f", "raw", self.uri(id))
+        state = self.state(detail=res.describe())
+        state.ok, state.error = res.pattern_ok, "" if res.pattern_ok else res.output
         return state
 
     def close(self) -> None:

@@ -7,17 +7,14 @@ from __future__ import annotations
 
 import hashlib
 import shutil
-import json
-import subprocess
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..qemu.build import QemuBuild
-from ..evidence import TestEvidence
-from ..qemu.instance import Timeouts
-from ..host.process import format_argv, run
+from ..qemu.tools import QemuIoResult, Tools
+
+__all__ = ["Image", "ImageFactory", "Pattern", "QemuIoResult", "Tools", "load_recipes"]
 
 #: package data, so that a wheel install can create images too
 RECIPES = Path(__file__).resolve().parent / "recipes.toml"
@@ -62,39 +59,6 @@ class Image:
             out.append(img)
             img = img.backing
         return out
-
-
-class Tools:
-    """qemu-img / qemu-io of one build, logged into the test's evidence."""
-
-    def __init__(self, build: QemuBuild, evidence: TestEvidence, timeouts: Timeouts,
-                 template_dir: Path | None = None) -> None:
-        self.build = build
-        self.evidence = evidence
-        self.timeouts = timeouts
-        #: where recipe images made by this build are kept for copying (per session)
-        self.template_dir = template_dir
-
-    def run(self, role: str, *args: str | Path, check: bool = True,
-            prefix: tuple[str, ...] = ()) -> subprocess.CompletedProcess[str]:
-        argv = [*prefix, str(self.build.path(role)), *map(str, args)]
-        res = run(argv, timeout=self.timeouts.tool, env=self.build.env)
-        with open(self.evidence.log_dir / "tools.log", "a", encoding="utf-8") as f:
-            f.write(f"$ {format_argv(argv)}\n-> exit {res.returncode}\n{res.stdout}{res.stderr}\n")
-        if check and res.returncode != 0:
-            raise AssertionError(
-                f"{format_argv(argv)} failed (exit {res.returncode}) with build "
-                f"{self.build.name}:\n{res.stderr.strip() or res.stdout.strip()}")
-        return res
-
-    def img(self, *args: str | Path, check: bool = True) -> subprocess.CompletedProcess[str]:
-        return self.run("img", *args, check=check)
-
-    def io(self, *args: str | Path, check: bool = True) -> subprocess.CompletedProcess[str]:
-        return self.run("io", *args, check=check)
-
-    def info(self, path: Path) -> dict[str, Any]:
-        return json.loads(self.img("info", "--output=json", "-U", path).stdout)
 
 
 class ImageFactory:
@@ -188,9 +152,11 @@ class ImageFactory:
 
     def verify(self, img: Image, pattern: Pattern, fmt: str | None = None) -> bool:
         """Read *pattern* back with ``qemu-io -r``: True if every byte matches."""
-        res = self.tools.io("-r", "-U", "-f", fmt or img.fmt, "-c",
-                            f"read {pattern.io_args()}", img.path, check=False)
-        return res.returncode == 0 and "Pattern verification failed" not in res.stdout + res.stderr
+        return self.read(img, pattern, fmt).pattern_ok
+
+    def read(self, img: Image, pattern: Pattern, fmt: str | None = None) -> QemuIoResult:
+        """``qemu-io -r -U`` *pattern* from *img* (through its on-disk backing chain)."""
+        return self.tools.io_command(f"read {pattern.io_args()}", "-r", "-U", "-f", fmt or img.fmt, img.path)
 
 
 def load_recipes(path: Path = RECIPES) -> dict[str, Any]:

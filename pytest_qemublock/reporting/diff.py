@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections import Counter
 from dataclasses import dataclass
@@ -188,8 +189,18 @@ def diff_main(argv: Sequence[str] | None = None) -> int:
         print(f"qemublock-diff: error: {e}", file=sys.stderr)
         return 2
     d = diff_results(a, b, with_build)
-    _print(a, b, d, args.json, args.verbose)
-    return 1 if d["regressions"] else 0
+    status = 1 if d["regressions"] else 0
+    try:
+        _print(a, b, d, args.json, args.verbose)
+        sys.stdout.flush()  # a closed pipe shows here, not at exit
+    except BrokenPipeError:
+        # The reader stopped early (`qemublock-diff ... | head -1`): that is no
+        # error. Point stdout at /dev/null so the flush at exit does not fail
+        # again, and still say whether there were regressions.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    return status
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -70,3 +70,19 @@ def test_diff_console_script_and_errors(tmp_path):
     r = _diff(three, "--builds", "a", "c", "--json")
     assert r.returncode == 0 and json.loads(r.stdout)["unchanged"] == 1
 
+
+def test_diff_into_a_closed_pipe_exits_quietly(tmp_path):
+    """``qemublock-diff A B | head -1``: no BrokenPipeError traceback, the usual status."""
+    if not Path(DIFF).is_file():
+        pytest.skip(f"{DIFF} not installed (pip install -e .)")
+    # far more than a pipe buffer (64 KiB), so the writer is still writing when head exits
+    n = 5000
+    a = _write(tmp_path / "a.json", _results({f"s.py::t[{i:05d}-x]": ("passed", "b")
+                                              for i in range(n)}, ["b"]))
+    b = _write(tmp_path / "b.json", _results({f"s.py::t[{i:05d}-x]": ("failed", "b")
+                                              for i in range(n)}, ["b"]))
+    r = subprocess.run(["bash", "-c", 'set -o pipefail; "$@" | head -1', "bash", DIFF, a, b],
+                       capture_output=True, text=True, timeout=60, check=False)
+    assert r.stdout.startswith("A ") and r.stdout.count("\n") == 1
+    assert r.stderr == ""
+    assert r.returncode == 1  # a regression, as without the pipe

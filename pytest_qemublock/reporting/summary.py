@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
 from .fold import FAILING, MISSING, OUTCOMES
@@ -64,25 +64,53 @@ class _Plan:
     build_w: int
     col_w: dict[str, int]
     chunks: list[list[str]]
+    gap: int = 2
+    #: columns with cases in one row only, shown as a line under the table
+    lone: list[str] = field(default_factory=list)
 
 
 _GAP = 2
 _TOTAL = "(all)"
+Keyed = dict[tuple[str, str, str], Mapping[str, int]]  # (build, row, column) -> counts
+
+
+def _keyed(cells: Mapping[tuple[str, str, str], Mapping[str, int]], transpose: bool) -> Keyed:
+    return {(b, k if transpose else s, s if transpose else k): n for (b, s, k), n in cells.items()}
 
 
 def _plan(cells: Mapping[tuple[str, str, str], Mapping[str, int]], builds: Sequence[str],
           transpose: bool, width: int, unicode: bool) -> _Plan:
+    """How to lay the table out: one table if at all possible, else several."""
     row_axis, col_axis = ("backend", "scenario") if transpose else ("scenario", "backend")
-    keyed = {(b, k if transpose else s, s if transpose else k): n for (b, s, k), n in cells.items()}
-    rows = sorted({r for _, r, _ in keyed})
+    keyed = _keyed(cells, transpose)
     cols = sorted({c for _, _, c in keyed})
+    plan = _layout(keyed, cols, builds, width, unicode, _GAP, row_axis, col_axis)
+    if len(plan.chunks) > 1:
+        # A column with cases in a single row (the smoke tests have no backend)
+        # would be a table of empty cells: it becomes a line under the table.
+        lone = [c for c in cols if len({r for _, r, cc in keyed if cc == c}) == 1]
+        if lone and len(lone) < len(cols):
+            kept = [c for c in cols if c not in lone]
+            plan = _layout(keyed, kept, builds, width, unicode, _GAP, row_axis, col_axis)
+            plan.lone = lone
+    if len(plan.chunks) > 1:  # one space between columns, if that makes one table
+        narrow = _layout(keyed, plan.cols, builds, width, unicode, 1, row_axis, col_axis)
+        if len(narrow.chunks) < len(plan.chunks):
+            narrow.lone = plan.lone
+            plan = narrow
+    return plan
+
+
+def _layout(keyed: Keyed, cols: list[str], builds: Sequence[str], width: int, unicode: bool,
+            gap: int, row_axis: str, col_axis: str) -> _Plan:
+    rows = sorted({r for _, r, c in keyed if c in cols})
     multi = len(builds) > 1
-    texts = [(c, cell_text(n, unicode)) for (_, _, c), n in keyed.items()]
+    texts = [(c, cell_text(n, unicode)) for (_, _, c), n in keyed.items() if c in cols]
     totals: dict[tuple[str, str], Counter[str]] = {}
     for (b, _, c), n in keyed.items():
         totals.setdefault((b, c), Counter()).update(n)
     if len(rows) > 1:
-        texts += [(c, cell_text(n, unicode)) for (_, c), n in totals.items()]
+        texts += [(c, cell_text(n, unicode)) for (_, c), n in totals.items() if c in cols]
     cell_w = {c: max([len(t) for cc, t in texts if cc == c] + [1]) for c in cols}
     row_w = max([len(row_axis), len(_TOTAL)] + [len(r) for r in rows])
     build_w = max([len("build")] + [len(b) for b in builds]) if multi else 0
@@ -93,13 +121,13 @@ def _plan(cells: Mapping[tuple[str, str, str], Mapping[str, int]], builds: Seque
     # Whole column names if they fit; else a long name widens its column up to
     # 12 characters and wraps onto a second header line.
     col_w = {c: max(cell_w[c], len(c)) for c in cols}
-    if label_w() + sum(w + _GAP for w in col_w.values()) - _GAP > width:
+    if label_w() + sum(w + gap for w in col_w.values()) - gap > width:
         col_w = {c: max(cell_w[c], min(len(c), 12)) for c in cols}
 
     widest = max(col_w.values(), default=0)
     while label_w() + widest > width and row_w > 12:
         row_w -= 1
-    if label_w() + sum(w + _GAP for w in col_w.values()) - _GAP > width:
+    if label_w() + sum(w + gap for w in col_w.values()) - gap > width:
         row_w = max(12, min(row_w, 28))
     chunks: list[list[str]] = []
     current: list[str] = []
@@ -109,10 +137,10 @@ def _plan(cells: Mapping[tuple[str, str, str], Mapping[str, int]], builds: Seque
             chunks.append(current)
             current, used = [], label_w()
         current.append(c)
-        used += col_w[c] + _GAP
+        used += col_w[c] + gap
     if current:
         chunks.append(current)
-    return _Plan(row_axis, col_axis, rows, cols, row_w, build_w, col_w, chunks)
+    return _Plan(row_axis, col_axis, rows, cols, row_w, build_w, col_w, chunks, gap)
 
 
 def render_matrix(cells: Mapping[tuple[str, str, str], Mapping[str, int]], builds: Sequence[str],
@@ -125,7 +153,9 @@ def render_matrix(cells: Mapping[tuple[str, str, str], Mapping[str, int]], build
     scenarios and columns backends, unless that table is too wide and the
     transposed one is not (many backends, few scenarios): then rows are
     backends. With several builds each row has one sub-row per build.
-    Columns that still do not fit go into further tables below.
+    When the table is too wide, columns with cases in one row only become
+    lines under it, then columns get one space between them instead of two;
+    columns that still do not fit go into further tables below.
     """
     build_info = build_info or {}
     multi = len(builds) > 1
@@ -138,8 +168,7 @@ def render_matrix(cells: Mapping[tuple[str, str, str], Mapping[str, int]], build
                 plan = other
     else:
         plan = _plan(cells, builds, orientation == "backend", width, unicode)
-    transpose = plan.row_axis == "backend"
-    keyed = {(b, k if transpose else s, s if transpose else k): n for (b, s, k), n in cells.items()}
+    keyed = _keyed(cells, plan.row_axis == "backend")
     totals: dict[tuple[str, str], Counter[str]] = {}
     for (b, _, c), n in keyed.items():
         totals.setdefault((b, c), Counter()).update(n)
@@ -157,6 +186,7 @@ def render_matrix(cells: Mapping[tuple[str, str, str], Mapping[str, int]], build
                          and build_info[b].get("version") else b for b in builds)
         out.append([(_fit(("builds: " if multi else "build: ") + desc, width, unicode), {})])
 
+    gap = plan.gap
     label_w = plan.row_w + _GAP + (plan.build_w + _GAP if multi else 0)
     for ci, chunk in enumerate(plan.chunks):
         if len(plan.chunks) > 1:
@@ -172,12 +202,12 @@ def render_matrix(cells: Mapping[tuple[str, str, str], Mapping[str, int]], build
             for c in chunk:
                 h = headers[c]
                 text = h[row - (depth - len(h))] if row >= depth - len(h) else ""
-                line.append((text.ljust(plan.col_w[c] + _GAP), {"bold": True}))
+                line.append((text.ljust(plan.col_w[c] + gap), {"bold": True}))
             out.append(_rstrip(line))
         rows = [(r, b) for r in plan.rows for b in builds
                 if any((b, r, c) in keyed for c in plan.cols)]
         if len(plan.rows) > 1:
-            rule = min(width, label_w + sum(plan.col_w[c] + _GAP for c in chunk) - _GAP)
+            rule = min(width, label_w + sum(plan.col_w[c] + gap for c in chunk) - gap)
             rows += [("", "")] + [(_TOTAL, b) for b in builds]
         previous = None
         for r, b in rows:
@@ -192,9 +222,28 @@ def render_matrix(cells: Mapping[tuple[str, str, str], Mapping[str, int]], build
                 counts = totals.get((b, c)) if r == _TOTAL else keyed.get((b, r, c))
                 text = cell_text(counts or {}, unicode)
                 line.append((text, cell_style(counts or {})))
-                line.append((" " * (plan.col_w[c] + _GAP - len(text)), {}))
+                line.append((" " * (plan.col_w[c] + gap - len(text)), {}))
             out.append(_rstrip(line))
+    for c in plan.lone:
+        out.append(_lone_line(c, plan.row_axis, keyed, builds, width, unicode))
     return title, out
+
+
+def _lone_line(col: str, row_axis: str, keyed: Keyed, builds: Sequence[str], width: int,
+               unicode: bool) -> list[Segment]:
+    """``smoke: only backend -: 2✓`` (with several builds: ``b72 2✓, b10 2✓``)."""
+    row = next(r for _, r, c in keyed if c == col)
+    line: list[Segment] = [(_fit(f"{col}: only {row_axis} {row}: ", max(1, width // 2), unicode), {})]
+    used = len(line[0][0])
+    for i, b in enumerate(bb for bb in builds if (bb, row, col) in keyed):
+        counts = keyed[(b, row, col)]
+        text = (", " if i else "") + (f"{b} " if len(builds) > 1 else "")
+        cell = cell_text(counts, unicode)
+        if used + len(text) + len(cell) > width:
+            break
+        line += [(text, {}), (cell, cell_style(counts))]
+        used += len(text) + len(cell)
+    return line
 
 
 def _rstrip(line: list[Segment]) -> list[Segment]:

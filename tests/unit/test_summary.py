@@ -58,3 +58,26 @@ def test_build_differences_lists_failures_first():
     assert build_differences({"t[c]": outcomes["t[c]"]}, ["b1", "b2"], None) == [
         "same outcome on all 2 builds for every case"]
 
+
+def _suite_like(builds: tuple[str, ...]) -> dict:
+    """The suites' shape: 20 backends, 6 scenarios over many of them, smoke without a backend."""
+    backends = [f"nbd-qemu-export-unix-{i:02d}" for i in range(20)]
+    cells = {(b, s, k): {"passed": 1440 if s == "open" else 17, "xfailed": 2 if s == "jobs" else 0}
+             for b in builds for s in ("defaults", "degrade", "dynamic", "jobs", "open", "reopen")
+             for k in backends}
+    cells.update({(b, "reopen", "-"): {"passed": 2, "xfailed": 1} for b in builds})
+    cells.update({(b, "smoke", "-"): {"passed": 2} for b in builds})
+    return cells
+
+
+@pytest.mark.parametrize("builds", [("v7.2",), ("v7.2", "v10.0")])
+def test_80_columns_one_table_and_a_line_for_a_column_of_one_row(builds):
+    title, lines = render_matrix(_suite_like(builds), list(builds), {}, width=80)
+    text = render_text(lines)
+    assert all(len(line) <= 80 for line in text.splitlines()), text
+    assert title.startswith("qemublock matrix: backend × scenario")
+    assert "scenarios 1/" not in text  # one table
+    header = next(line for line in text.splitlines() if line.startswith("backend "))
+    assert "smoke" not in header and header.split()[-1] == "reopen"
+    want = "smoke: only backend -: " + ("v7.2 2✓, v10.0 2✓" if len(builds) > 1 else "2✓")
+    assert text.splitlines()[-1] == want

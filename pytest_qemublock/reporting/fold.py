@@ -65,7 +65,8 @@ class CaseResult:
 
     def add(self, rep: pytest.TestReport) -> None:
         """Fold one phase report in."""
-        when = rep.when or "???"
+        # xdist reports an item whose worker crashed with when="???" (outside pytest's Literal)
+        when: str = rep.when or "???"
         if when == "setup" and self.finished:
             # The same id runs again (a rerun plugin): the last run counts.
             self.__init__(self.nodeid)  # type: ignore[misc]
@@ -124,9 +125,7 @@ def phase_outcome(rep: pytest.TestReport) -> str | None:
         return None
     if rep.skipped:
         return "xfailed" if wasxfail else "skipped"
-    if rep.when == "call":
-        return "failed"
-    if rep.when == "???":
+    if rep.when == "call" or str(rep.when) == "???":  # "???": a crashed xdist worker's item
         return "failed"
     return "error"
 

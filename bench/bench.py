@@ -15,8 +15,8 @@ Measures, in one run:
   teardown time from the results file; the ratio compares each case with the
   bare cycle of its own build;
 * the QEMU processes each case started (qemu-system, qemu-storage-daemon,
-  qemu-nbd, qemu-img, qemu-io), as counted by the report plugin from the
-  ``subprocess.Popen`` audit events of the pytest process that ran the case;
+  qemu-nbd, qemu-img, qemu-io), as counted by the report plugin where the
+  harness starts them (``host/process.py``) in the pytest process that ran the case;
 * the wall time of the whole run, serially and with ``-n 2`` (``--workers``), and the
   CPU time (user + system) of each run with every process it started, per case;
 * the parallel efficiency: the ``-n 2`` wall time divided by (cases x bare cycle). One

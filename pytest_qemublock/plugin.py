@@ -8,7 +8,7 @@ import pytest
 
 from .qemu import build as build_mod
 from .scenario import matrix
-from .reporting import report
+from .reporting import plugin as report
 from .qemu.build import BuildError
 from .evidence import RETENTION, TestEvidence, safe_name
 from .qemu.factory import QemuFactory

@@ -1,4 +1,5 @@
-"""The matrix summary, the --qb-results file, qemublock-diff and JUnit properties.
+"""The matrix summary, the --qb-results file, qemublock-diff and JUnit properties,
+seen through inner pytest runs (the pure parts are tested in ``unit/``).
 
 The inner projects here are fake suites: plain tests that carry the ``qb.*``
 user properties the real suites get at collection, and pass, fail, skip,
@@ -8,17 +9,14 @@ resolves two (identical) builds to see the build versions reported.
 from __future__ import annotations
 
 import json
-import sys
 import textwrap
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
-
-from pytest_qemublock.reporting import report
-from pytest_qemublock.reporting.report import diff_main, program_name, render_matrix, render_text, strip_build
-
 from helpers import BASE_ARGS, link_dir
+
+from pytest_qemublock.reporting.diff import diff_main
 
 #: Gives every item the qb.* properties named by its `qb` parametrization and
 #: a `build` parametrization like the plugin's (b72/b10) when QB_FAKE_BUILDS is set.
@@ -253,72 +251,12 @@ def test_x(qb, build):
     assert row(block, "nbd-qemu-storage-daemon-vsock-rw")[1:] == ["qemu-10.0", "1✓", "1✓", "1✓", "1✓"]
 
 
-# -- rendering, ids and program names (no inner run) -----------------------------------------
-
-
-def _cells(n_backends: int, builds: tuple[str, ...] = ("b1",)) -> dict:
-    return {(b, s, f"backend-number-{k}"): {"passed": 120, "failed": 3, "skipped": 11}
-            for b in builds for s in ("open", "reopen") for k in range(n_backends)}
-
-
-@pytest.mark.parametrize("width", [60, 80, 100, 132])
-@pytest.mark.parametrize("n", [1, 5, 30])
-def test_render_never_exceeds_the_width(width, n):
-    title, lines = render_matrix(_cells(n, ("b72", "b10")), ["b72", "b10"], {}, width=width)
-    text = render_text(lines)
-    assert all(len(line) <= width for line in text.splitlines()), text
-    # every cell is somewhere, once per build and row
-    assert text.count("120✓ 3F 11s") == 2 * 2 * n
-
-
-def test_render_splits_columns_it_cannot_transpose():
-    cells = {("b", f"scenario-{s}", f"backend-{k}"): {"passed": 1} for s in range(30) for k in range(30)}
-    title, lines = render_matrix(cells, ["b"], {}, width=80)
-    text = render_text(lines)
-    assert "backends 1/" in text or "scenarios 1/" in text
-    assert all(len(line) <= 80 for line in text.splitlines())
-
-
-def test_render_ascii_fallback():
-    title, lines = render_matrix({("b", "open", "file"): {"passed": 2, "skipped": 1}}, ["b"],
-                                 {"b": {"version": "7.2.22"}}, unicode=False)
-    text = render_text(lines)
-    assert text.isascii() and "2p 1s" in text and "build: b = QEMU 7.2.22" in text
-    assert title == "qemublock matrix: scenario x backend"
-
-
-@pytest.mark.parametrize(("nodeid", "build", "want"), [
-    ("s/t.py::test_open[b72-file-rw-raw]", "b72", "s/t.py::test_open[file-rw-raw]"),
-    ("s/t.py::test_open[file-rw-b72]", "b72", "s/t.py::test_open[file-rw]"),
-    ("s/t.py::test_smoke[b72]", "b72", "s/t.py::test_smoke"),
-    ("s/t.py::test_open[qemu-10.0-file-rw]", "qemu-10.0", "s/t.py::test_open[file-rw]"),
-    ("s/t.py::test_open[b720-file]", "b72", "s/t.py::test_open[b720-file]"),  # not a whole part
-    ("s/t.py::test_plain", "b72", "s/t.py::test_plain"),
-])
-def test_strip_build(nodeid, build, want):
-    assert strip_build(nodeid, [build]) == want
-
-
-@pytest.mark.parametrize(("argv", "want"), [
-    (["/usr/bin/qemu-system-x86_64", "-M", "none"], "qemu-system-x86_64"),
-    (["setpriv", "--reuid=65534", "--clear-groups", "--pdeathsig", "SIGKILL", "--",
-      "/x/qemu-storage-daemon", "--blockdev", "x"], "qemu-storage-daemon"),
-    (["nsenter", "-t", "12", "-m", "--", "mount", "-o", "remount,ro", "/tmp/qemu.img"], "mount"),
-    (["sh", "-c", "timeout 5 qemu-img info x"], "qemu-img"),
-    (["sh", "-c", 'echo x >> "$1"', "sh", "/tmp/qemu.img"], "sh"),
-    (["timeout", "5", "/usr/bin/qemu-io", "-c", "read 0 1"], "qemu-io"),
-    (["unshare", "--mount", "--propagation", "private", "true"], "true"),
-    (["setpriv", "--reuid=65534", "--", "bash", "-c", 'exec 3<&13; LISTEN_FDS=1 exec "$@"', "bash",
-      "/x/qemu-nbd", "-f", "raw"], "qemu-nbd"),
-])
-def test_program_name_looks_through_wrappers(argv, want):
-    assert program_name(None, argv) == want
-
-
 # -- processes started per case ------------------------------------------------------------
 
 
 def test_results_count_processes_per_case(pytester, tmp_path):
+    """Starts through host/process.py are counted per case, wrapped ones by the program
+    their caller names; a plain subprocess is not the plugin's and is not counted."""
     fake_img = tmp_path / "bin" / "qemu-img"
     fake_img.parent.mkdir()
     fake_img.write_text("#!/bin/sh\nexit 0\n")
@@ -326,16 +264,18 @@ def test_results_count_processes_per_case(pytester, tmp_path):
     pytester.makeconftest(CONFTEST)
     pytester.makepyfile(test_procs=f'''
 import subprocess, pytest
+from pytest_qemublock.host.process import run
 QB = {{"scenario": "open", "backend": "file-rw"}}
 
 @pytest.fixture
 def tool():
-    subprocess.run([{str(fake_img)!r}, "create"], check=True)   # setup: counted for the case
+    run([{str(fake_img)!r}, "create"], timeout=10, check=True)   # setup: counted for the case
     yield
-    subprocess.run(["env", {str(fake_img)!r}, "info"], check=True)  # teardown, wrapped
+    run(["env", {str(fake_img)!r}, "info"], timeout=10, check=True, program="qemu-img")  # wrapped
 
 def test_two_qemu_one_other(tool, build):
-    subprocess.run(["true"], check=True)
+    run(["true"], timeout=10, check=True)
+    subprocess.run(["true"], check=True)  # not through process.py: not counted
 
 def test_none(build):
     pass
@@ -367,42 +307,6 @@ def test_xdist_gives_the_same_results_and_one_summary(fake):
 # -- qemublock-diff ----------------------------------------------------------------------------
 
 
-def _results(tests: dict[str, tuple[str, str]], builds: list[str]) -> dict:
-    """A results file: nodeid -> (outcome, build)."""
-    return {"format": "qemublock-results", "version": 1, "build_order": builds, "builds": {},
-            "tests": {n: {"outcome": o, "build": b} for n, (o, b) in tests.items()}}
-
-
-def _write(path: Path, data: dict) -> str:
-    path.write_text(json.dumps(data))
-    return str(path)
-
-
-def test_diff_two_files_reports_changes_and_exits_1_on_regression(tmp_path, capsys):
-    a = _write(tmp_path / "a.json", _results({
-        "s.py::t[file-ro]": ("passed", "b72"), "s.py::t[file-rw]": ("passed", "b72"),
-        "s.py::t[nbd]": ("failed", "b72"), "s.py::t[gone]": ("passed", "b72"),
-        "s.py::t[same]": ("skipped", "b72")}, ["b72"]))
-    b = _write(tmp_path / "b.json", _results({
-        "s.py::t[file-ro]": ("failed", "b10"), "s.py::t[file-rw]": ("skipped", "b10"),
-        "s.py::t[nbd]": ("passed", "b10"), "s.py::t[new]": ("error", "b10"),
-        "s.py::t[same]": ("skipped", "b10")}, ["b10"]))
-    assert diff_main([a, b]) == 1
-    out = capsys.readouterr().out.splitlines()
-    assert "changed: 3 (regressions: 1, fixed: 1), new: 1, missing: 1, unchanged: 1" in out
-    assert "s.py::t[file-ro]: passed -> failed" in out
-    assert out.index("s.py::t[file-ro]: passed -> failed") < out.index("s.py::t[nbd]: failed -> passed")
-    assert "s.py::t[file-rw]: passed -> skipped" in out
-    assert "s.py::t[new]: (absent) -> error" in out
-    assert "s.py::t[gone]: passed -> (absent)" in out
-    # the other way round, nbd regressed; a file against itself has no change
-    assert diff_main([b, a]) == 1
-    assert "s.py::t[nbd]: passed -> failed" in capsys.readouterr().out
-    assert diff_main([a, a]) == 0
-    assert "changed: 0 (regressions: 0, fixed: 0), new: 0, missing: 0, unchanged: 5" in \
-        capsys.readouterr().out
-
-
 def test_diff_builds_inside_one_results_file(fake, monkeypatch, capsys):
     monkeypatch.setenv("QB_FAKE_BUILDS", "b72,b10")
     run(fake, "--qb-results=res.json")
@@ -427,27 +331,6 @@ def test_diff_builds_inside_one_results_file(fake, monkeypatch, capsys):
     assert diff_main([str(fake.path / "res2.json"), path, "--builds", "b10", "b10"]) == 1
     out = capsys.readouterr().out
     assert "regressions (passed in A, fail in B):\ntest_fake.py::test_fail[x]: passed -> failed" in out
-
-
-#: the console script, installed next to this interpreter by `pip install -e .`
-DIFF = str(Path(sys.executable).with_name("qemublock-diff"))
-
-
-def test_diff_console_script_and_errors(tmp_path, pytester):
-    if not Path(DIFF).is_file():
-        pytest.skip(f"{DIFF} not installed (pip install -e .)")
-    bad = tmp_path / "bad.json"
-    bad.write_text("{}")
-    r = pytester.run(DIFF, str(bad), str(bad))
-    assert r.ret == 2 and "not a qemublock results file" in r.stderr.str()
-    three = _write(tmp_path / "three.json", _results(
-        {"t[a-x]": ("passed", "a"), "t[b-x]": ("passed", "b"), "t[c-x]": ("passed", "c")}, ["a", "b", "c"]))
-    r = pytester.run(DIFF, three)
-    assert r.ret == 2 and "--builds" in r.stderr.str()
-    r = pytester.run(DIFF, three, "--builds", "a", "zz")
-    assert r.ret == 2 and "no cases of build 'zz'" in r.stderr.str()
-    r = pytester.run(DIFF, three, "--builds", "a", "c", "--json")
-    assert r.ret == 0 and json.loads(r.stdout.str())["unchanged"] == 1
 
 
 # -- JUnit XML ------------------------------------------------------------------------------------
@@ -479,8 +362,3 @@ def test_junit_carries_the_axes_and_build_versions(pytester, tmp_path):
                              "qb.format": "raw"}
         for b in ("b72", "b10")
     }
-
-
-def test_symbols_are_one_per_outcome():
-    assert set(report._SYMBOLS) == set(report.OUTCOMES)
-    assert len(set(report._SYMBOLS.values())) == len(report.OUTCOMES)

@@ -129,7 +129,7 @@ def start_nginx(ctx: ServerContext, root: Path, check: Path, *,
     argv = [nginx, "-e", "stderr", "-p", f"{workdir}/", "-c", str(conf)]
     proc = ctx.registry.spawn([*wrapper.prefix, *argv], name="nginx", log_dir=ctx.evidence.log_dir,
                               env={"NGINX": f"{listener.fd};", **wrapper.env},
-                              pass_fds=[listener.fd])
+                              pass_fds=[listener.fd], program=Path(nginx).name)
     ctx.evidence.add_process(proc)
     listener.release()
     server = HttpServer(proc, ctx.registry, listener, root)

@@ -121,7 +121,7 @@ def _tgtadm_all(ctx: ServerContext, proc: ManagedProcess, ns: Namespace, control
     tgtadm = shlex.join([_tool("tgtadm"), "-C", str(control), "--lld", "iscsi"])
     script = ("" if keep_going else "set -e\n") + "".join(f"{tgtadm} {shlex.join(c)}\n" for c in commands)
     argv = [*ns.prefix, "/bin/sh", "-c", script]
-    res = run(argv, timeout=ctx.timeouts.tool)
+    res = run(argv, timeout=ctx.timeouts.tool, program="sh")
     with open(ctx.evidence.log_dir / f"tgtadm-{proc.pid}.log", "a", encoding="utf-8") as f:
         f.write(f"$ {format_argv(argv[:-1])} '\n{script}'\n{res.stdout}{res.stderr}"
                 f"-> exit {res.returncode}\n")
@@ -161,7 +161,7 @@ def _start_tgtd(ctx: ServerContext) -> tuple[ManagedProcess, Namespace, int, int
         proc = ctx.registry.spawn(
             private_run([_tool("tgtd"), "-f", "-C", str(control), "--iscsi",
                          f"portal=127.0.0.1:{port}"]),
-            name="tgtd", log_dir=ctx.evidence.log_dir)
+            name="tgtd", log_dir=ctx.evidence.log_dir, program="tgtd")
         ctx.evidence.add_process(proc)
         ns, wrong_portal = None, False
         try:

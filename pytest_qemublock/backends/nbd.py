@@ -125,7 +125,8 @@ def start_qemu_nbd(ctx: ServerContext, image: Path, *, readonly: bool, transport
     argv.append(str(image))
     proc = ctx.registry.spawn([*wrapper.prefix, *socket_activation(argv, listener.fd)],
                               name="qemu-nbd", log_dir=ctx.evidence.log_dir,
-                              env={**ctx.build.env, **wrapper.env}, pass_fds=[listener.fd])
+                              env={**ctx.build.env, **wrapper.env}, pass_fds=[listener.fd],
+                              program=Path(argv[0]).name)
     ctx.evidence.add_process(proc)
     listener.release()
     return _ready(ctx, NbdServer("qemu-nbd", proc, ctx.registry, listener, readonly, "e0"), "qemu-nbd")
@@ -142,7 +143,8 @@ def start_qsd_export(ctx: ServerContext, image: Path, *, readonly: bool, transpo
             "--nbd-server", f"addr.type=fd,addr.str={listener.fd},max-connections=16",
             "--export", f"type=nbd,id=e0,node-name=n0,name=e0,writable={'off' if readonly else 'on'}"]
     proc = ctx.registry.spawn([*wrapper.prefix, *argv], name="qsd-nbd", log_dir=ctx.evidence.log_dir,
-                              env={**ctx.build.env, **wrapper.env}, pass_fds=[listener.fd])
+                              env={**ctx.build.env, **wrapper.env}, pass_fds=[listener.fd],
+                              program=Path(argv[0]).name)
     ctx.evidence.add_process(proc)
     listener.release()
     return _ready(ctx, NbdServer("qsd", proc, ctx.registry, listener, readonly, "e0"), "qemu-storage-daemon")
@@ -161,7 +163,7 @@ def start_nbdkit(ctx: ServerContext, image: Path, *, readonly: bool, transport: 
     argv += ["file", f"file={image}"]
     proc = ctx.registry.spawn([*wrapper.prefix, *socket_activation(argv, listener.fd)],
                               name="nbdkit", log_dir=ctx.evidence.log_dir, env=dict(wrapper.env),
-                              pass_fds=[listener.fd])
+                              pass_fds=[listener.fd], program="nbdkit")
     ctx.evidence.add_process(proc)
     listener.release()
     # nbdkit serves every export name; "e0" keeps the URI shape of the others.

@@ -231,7 +231,8 @@ def _spawn_sshd(ctx: ServerContext, name: str, keys: Path, listener: Listener,
     inetd = [shutil.which(ACTIVATE), "--accept", "--inetd", sshd_binary(), "-i", "-e", "-f", conf]
     proc = ctx.registry.spawn(private_run(socket_activation(inetd, listener.fd),  # type: ignore[arg-type]
                                           mkdirs=["/run/sshd"]),
-                              name="sshd", log_dir=ctx.evidence.log_dir, pass_fds=[listener.fd])
+                              name="sshd", log_dir=ctx.evidence.log_dir, pass_fds=[listener.fd],
+                              program=ACTIVATE)
     ctx.evidence.add_process(proc)
     return proc
 

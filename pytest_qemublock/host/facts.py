@@ -14,8 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import testinfra
+from testinfra.backend.local import LocalBackend
 
-from .process import running
+from .process import STARTED, running
 
 O_ACCMODE = 0o3
 _MODES = {os.O_RDONLY: "O_RDONLY", os.O_WRONLY: "O_WRONLY", os.O_RDWR: "O_RDWR"}
@@ -25,10 +26,18 @@ _MODES = {os.O_RDONLY: "O_RDONLY", os.O_WRONLY: "O_WRONLY", os.O_RDWR: "O_RDWR"}
 _TIMEOUT = "timeout 20"
 
 
+class _CountedLocalBackend(LocalBackend):  # type: ignore[misc]  # testinfra has no type hints
+    # testinfra starts its commands itself (``/bin/sh -c``), not through
+    # process.run: count each here, where the other starts are counted.
+    def run_local(self, command: str, *args: str) -> testinfra.backend.base.CommandResult:
+        STARTED.note("sh")
+        return super().run_local(command, *args)
+
+
 @functools.lru_cache(maxsize=1)
 def local_host() -> testinfra.host.Host:
     """The testinfra host for this machine."""
-    return testinfra.get_host("local://")
+    return testinfra.host.Host(_CountedLocalBackend())
 
 
 @dataclass(frozen=True)

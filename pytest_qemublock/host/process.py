@@ -28,6 +28,7 @@ import signal
 import subprocess
 import threading
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Iterable, Mapping, Sequence
@@ -58,6 +59,38 @@ def describe_status(returncode: int | None) -> str:
         except ValueError:
             return f"killed by signal {-returncode}"
     return f"exit status {returncode}"
+
+
+class StartCounter:
+    """How many processes of each program this pytest process started since the last
+    :meth:`take`; :func:`run` and :meth:`ProcessRegistry.spawn` feed :data:`STARTED`."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._counts: Counter[str] = Counter()
+
+    def note(self, program: str) -> None:
+        with self._lock:
+            self._counts[program] += 1
+
+    def take(self) -> dict[str, int]:
+        """The counts so far, and start again from zero."""
+        with self._lock:
+            out = dict(self._counts)
+            self._counts.clear()
+        return out
+
+
+#: One per pytest process: the reporting plugin takes it per test phase.
+STARTED = StartCounter()
+
+
+def program_of(argv: Sequence[str], program: str | None) -> str:
+    """What a start counts as: *program* if the caller named it (the real program
+    behind a wrapper like nsenter), else the basename of ``argv[0]``."""
+    if program:
+        return program
+    return os.path.basename(str(argv[0])) if argv else "?"
 
 
 def _child_setup() -> None:
@@ -278,11 +311,14 @@ class ProcessRegistry:
         pass_fds: Iterable[int] = (),
         cwd: Path | None = None,
         stdin: int | IO[bytes] | None = subprocess.DEVNULL,
+        program: str | None = None,
     ) -> ManagedProcess:
         """Start *argv*; stdout/stderr go to files in *log_dir* named after *name*.
 
         *env* holds variables added to the current environment; they are
-        recorded so the evidence shows a reproducible command line.
+        recorded so the evidence shows a reproducible command line. *program*
+        is what the start counts as in :data:`STARTED` when *argv* wraps it
+        (``nsenter ... -- qemu-system-x86_64``); default: ``argv[0]``'s basename.
         """
         argv = [str(a) for a in argv]
         with self._lock:
@@ -310,6 +346,7 @@ class ProcessRegistry:
                 )
             except OSError as e:
                 raise ProcessError(f"cannot start {name}: {e.strerror}: {format_argv(argv)}") from None
+        STARTED.note(program_of(argv, program))
         proc = ManagedProcess(name, argv, popen, out_path, err_path, env_delta,
                               start_ticks=_start_time(popen.pid))
         with self._lock:
@@ -460,11 +497,12 @@ def run(
     env: Mapping[str, str] | None = None,
     check: bool = False,
     input: bytes | None = None,
+    program: str | None = None,
 ) -> subprocess.CompletedProcess[str]:
     """Run a short-lived tool (qemu-img, qemu-io, mount...) with a hard timeout.
 
     The child gets the same death signal as long-running ones; on timeout its
-    whole process group is killed.
+    whole process group is killed. *program*: as for :meth:`ProcessRegistry.spawn`.
     """
     argv = [str(a) for a in argv]
     full_env = {**os.environ, **(env or {})}
@@ -480,6 +518,7 @@ def run(
         )
     except OSError as e:
         raise ProcessError(f"cannot run {format_argv(argv)}: {e.strerror}") from None
+    STARTED.note(program_of(argv, program))
     try:
         out, err = proc.communicate(input, timeout=timeout)
     except subprocess.TimeoutExpired:

@@ -9,6 +9,7 @@ stderr.
 """
 from __future__ import annotations
 
+import os
 import socket
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
@@ -218,11 +219,12 @@ def launch(
     """
     name = name or ("qsd" if kind == "qsd" else "qemu")
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-    argv = [*wrapper.prefix, *qemu_argv(kind, build, accel, machine, theirs.fileno(), args)]
+    qemu = qemu_argv(kind, build, accel, machine, theirs.fileno(), args)
+    argv = [*wrapper.prefix, *qemu]
     env = {**build.env, **wrapper.env}
     try:
         proc = registry.spawn(argv, name=name, log_dir=evidence.log_dir, env=env,
-                              pass_fds=[theirs.fileno()])
+                              pass_fds=[theirs.fileno()], program=os.path.basename(qemu[0]))
     except BaseException:
         ours.close()
         raise

@@ -67,7 +67,7 @@ class Storage:
         probe = self.directory / ".write-probe"
         probe.touch()
         res = run([*self.wrapper.prefix, "sh", "-c", 'echo x >> "$1"', "sh",
-                   str(self.qemu_path(probe))], timeout=20)
+                   str(self.qemu_path(probe))], timeout=20, program="sh")
         return res.stderr.strip() or None if res.returncode else None
 
     def close(self) -> None:
@@ -91,7 +91,7 @@ class ErofsStorage(Storage):
         self.mountpoint.mkdir(exist_ok=True)
         self.holder: ManagedProcess = registry.spawn(
             ["unshare", "--mount", "--propagation", "private", "--", "sleep", "infinity"],
-            name="mntns-holder", log_dir=evidence.log_dir)
+            name="mntns-holder", log_dir=evidence.log_dir, program="sleep")
         self._registry = registry
         self._ns("mount", "--bind", self.directory, self.mountpoint)
         self.make_readonly()
@@ -102,7 +102,7 @@ class ErofsStorage(Storage):
         # so compare namespace ids first.
         self._wait_for_namespace()
         run(["nsenter", "-t", str(self.holder.pid), "-m", "--", *map(str, args)],
-            timeout=self.timeouts.tool, check=True)
+            timeout=self.timeouts.tool, check=True, program=os.path.basename(str(args[0])))
 
     def _wait_for_namespace(self) -> None:
         import time
@@ -189,7 +189,8 @@ def unavailable_reason(kind: str) -> str | None:
         for tool in ("unshare", "nsenter", "mount"):
             if shutil.which(tool) is None:
                 return f"erofs storage needs {tool} (Debian package util-linux / mount)"
-        res = run(["unshare", "--mount", "--propagation", "private", "true"], timeout=20)
+        res = run(["unshare", "--mount", "--propagation", "private", "true"], timeout=20,
+                  program="true")
         if res.returncode != 0:
             return (f"erofs storage needs a private mount namespace, `unshare --mount` failed: "
                     f"{res.stderr.strip()} (run as root or enable unprivileged user namespaces)")
@@ -213,7 +214,7 @@ def unprivileged_cannot_reach(path: Path, executable: bool = False) -> str | Non
     # Run the binary itself: access(2) and execve(2) disagree in some sandboxes.
     probe = [str(path), "--version"] if executable else ["test", "-r", str(path)]
     res = run(["setpriv", f"--reuid={UNPRIVILEGED}", f"--regid={UNPRIVILEGED}", "--clear-groups",
-               "--", *probe], timeout=20)
+               "--", *probe], timeout=20, program=os.path.basename(probe[0]))
     if res.returncode == 0:
         return None
     return (f"eacces storage runs QEMU as uid {UNPRIVILEGED}, which cannot reach {path} "

@@ -11,7 +11,7 @@ import json
 
 import pytest
 
-from pytest_qemublock.host import facts as hostfacts
+from pytest_qemublock.host import procfs as hostfacts
 from pytest_qemublock.scenario import matrix
 from pytest_qemublock.scenario import observe
 from pytest_qemublock.expectations import O_RDONLY, O_RDWR, defaults

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-from pytest_qemublock.host import facts as hostfacts
+from pytest_qemublock.host import procfs as hostfacts
 from pytest_qemublock.scenario import matrix
 from pytest_qemublock.scenario import observe
 from pytest_qemublock.backends.base import REGISTRY

@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from pytest_qemublock.host import facts as hostfacts
+from pytest_qemublock.host import procfs as hostfacts
 
 pytestmark = pytest.mark.smoke
 

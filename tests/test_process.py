@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 import signal
 
+from pytest_qemublock.host import procfs
 from pytest_qemublock.host.process import ProcessRegistry
 
 
@@ -37,9 +38,8 @@ def test_exit_is_seen_without_reaping_until_the_group_is_killed(tmp_path):
             os.kill(child, 0)
         except ProcessLookupError:
             break
-        with open(f"/proc/{child}/stat") as f:
-            if f.read().rsplit(")", 1)[1].split()[0] == "Z":
-                break
+        if not procfs.running(child):
+            break
         os.sched_yield()
     else:
         os.kill(child, signal.SIGKILL)

@@ -30,7 +30,8 @@ from .server import ServerError
 from ..host.process import ManagedProcess, format_argv, run
 from .server import Server, ServerContext
 from ..host.namespace import Namespace, NamespaceError, private_run
-from ..host.listeners import reserve_port, tcp_listeners
+from ..host.listeners import reserve_port
+from ..host.procfs import tcp_listeners
 
 TGT_PACKAGE = "tgt"
 IQN_PREFIX = "iqn.2024-01.org.qemu.qemublock"

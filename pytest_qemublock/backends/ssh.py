@@ -39,7 +39,7 @@ from ..host.process import ManagedProcess, run
 from ..host.listeners import Listener, recv_until, socket_activation
 from .server import Server, ServerContext
 from ..host.namespace import Namespace, private_run
-from ..host.listeners import tcp_listeners
+from ..host.procfs import tcp_listeners
 
 SSH_PACKAGE = "openssh-server"
 SSHD = "/usr/sbin/sshd"

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import IO, Iterable, Mapping, Sequence
 
 from ..errors import QemuBlockError
+from .procfs import running, start_ticks
 
 
 class ProcessError(QemuBlockError):
@@ -84,25 +85,6 @@ def _popen_args(argv: list[str]) -> tuple[list[str], dict[str, object]]:
     if setpriv is None:
         return argv, {"preexec_fn": _child_setup}
     return [setpriv, "--pdeathsig", "SIGKILL", "--", *argv], {"process_group": 0}
-
-
-def _start_time(pid: int) -> str | None:
-    """Process start time in clock ticks, to recognise pid reuse."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    # Field 22; the command name (field 2) may contain spaces and parentheses.
-    return stat.rsplit(")", 1)[1].split()[19]
-
-
-def running(pid: int) -> bool:
-    """The process exists and is not a zombie (dead, waiting to be reaped)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
 @dataclass
@@ -311,7 +293,7 @@ class ProcessRegistry:
             except OSError as e:
                 raise ProcessError(f"cannot start {name}: {e.strerror}: {format_argv(argv)}") from None
         proc = ManagedProcess(name, argv, popen, out_path, err_path, env_delta,
-                              start_ticks=_start_time(popen.pid))
+                              start_ticks=start_ticks(popen.pid))
         with self._lock:
             self._procs.append(proc)
         self._write_state()
@@ -433,7 +415,7 @@ def reap_stale(state_dir: Path) -> list[str]:
             continue  # that run is still alive (another concurrent session)
         for entry in procs:
             pid = int(entry["pid"])  # type: ignore[call-overload]
-            if entry.get("start") and _start_time(pid) == entry["start"]:
+            if entry.get("start") and start_ticks(pid) == entry["start"]:
                 if not running(pid):
                     # Already dead (PR_SET_PDEATHSIG did its job), just not
                     # reaped by its new parent: nothing to report. Its group

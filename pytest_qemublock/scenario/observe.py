@@ -16,7 +16,7 @@ from pathlib import Path as _Path
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-from ..host import facts as hostfacts
+from ..host import procfs as hostfacts
 from ..backends.base import Target
 from ..qemu.instance import LaunchError
 from ..expectations import Expect

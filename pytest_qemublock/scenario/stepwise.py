@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Iterable, Mapping
 
 import pytest
 
-from ..host import facts as hostfacts
+from ..host import procfs as hostfacts
 from .compare import ro_mismatches
 from .known_bugs import known_bug
 

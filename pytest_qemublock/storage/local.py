@@ -23,6 +23,7 @@ from ..errors import QemuBlockError
 from ..evidence import TestEvidence
 from ..qemu.instance import Timeouts, Wrapper
 from ..host.process import ManagedProcess, ProcessRegistry, run
+from ..host.procfs import command_name, mount_namespace
 
 
 class StorageUnavailable(QemuBlockError):
@@ -107,19 +108,16 @@ class ErofsStorage(Storage):
     def _wait_for_namespace(self) -> None:
         import time
 
-        own = os.readlink("/proc/self/ns/mnt")
+        own = mount_namespace("self")
         deadline = time.monotonic() + self.timeouts.launch
         while time.monotonic() < deadline:
             if not self.holder.alive():
                 raise StorageUnavailable(
                     f"unshare --mount failed: {self.holder.stderr_text().strip()} "
                     "(needs root or user namespaces; Debian package util-linux)")
-            try:
-                if os.readlink(f"/proc/{self.holder.pid}/ns/mnt") != own and \
-                        Path(f"/proc/{self.holder.pid}/comm").read_text().strip() == "sleep":
-                    return
-            except OSError:
-                pass
+            ns = mount_namespace(self.holder.pid)
+            if ns is not None and ns != own and command_name(self.holder.pid) == "sleep":
+                return
             time.sleep(0.002)
         raise StorageUnavailable("mount namespace holder did not start")
 

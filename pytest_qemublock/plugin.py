@@ -11,6 +11,7 @@ from .scenario import matrix
 from .reporting import report
 from .qemu.build import BuildError
 from .evidence import RETENTION, TestEvidence, safe_name
+from .qemu.context import RunContext
 from .qemu.factory import QemuFactory
 from .storage.images import ImageFactory, Tools
 from .session import QemuBlockSession, Settings
@@ -232,11 +233,19 @@ def qb_evidence(request: pytest.FixtureRequest, qb_session: QemuBlockSession) ->
 
 
 @pytest.fixture
-def qemu(request: pytest.FixtureRequest, qemu_build: build_mod.QemuBuild, qemu_caps,  # type: ignore[no-untyped-def]
-         qb_session: QemuBlockSession, qb_evidence: TestEvidence) -> Iterator[QemuFactory]:
+def qb_context(qemu_build: build_mod.QemuBuild, qemu_caps,  # type: ignore[no-untyped-def]
+               qb_session: QemuBlockSession, qb_evidence: TestEvidence) -> RunContext:
+    """What this test's helpers share: build, capabilities, registry, evidence,
+    timeouts, work and socket directories."""
+    return RunContext(qemu_build, qemu_caps, qb_session.registry, qb_evidence,
+                      qb_session.timeouts, qb_session.sockdir)
+
+
+@pytest.fixture
+def qemu(request: pytest.FixtureRequest, qb_context: RunContext) -> Iterator[QemuFactory]:
     """Start QEMUs (``qemu.start(...)``, ``qemu.start_qsd(...)``); stopped at teardown."""
-    qb_evidence.note(build=f"{qemu_build.name} ({qemu_build.version_str})")
-    factory = QemuFactory(qemu_build, qemu_caps, qb_session.registry, qb_evidence, qb_session.timeouts)
+    qb_context.evidence.note(build=f"{qb_context.build.name} ({qb_context.build.version_str})")
+    factory = QemuFactory(qb_context)
     yield factory
     problems = factory.shutdown_all()
     if problems:
@@ -246,11 +255,9 @@ def qemu(request: pytest.FixtureRequest, qemu_build: build_mod.QemuBuild, qemu_c
 
 
 @pytest.fixture
-def qemu_tools(qemu_build: build_mod.QemuBuild, qb_session: QemuBlockSession,
-               qb_evidence: TestEvidence) -> Tools:
+def qemu_tools(qb_context: RunContext, qb_session: QemuBlockSession) -> Tools:
     """qemu-img / qemu-io of the build under test, logged into the evidence."""
-    return Tools(qemu_build, qb_evidence, qb_session.timeouts,
-                 template_dir=qb_session.root / "templates" / qemu_build.name)
+    return Tools(qb_context, template_dir=qb_session.root / "templates" / qb_context.build.name)
 
 
 @pytest.fixture
@@ -274,17 +281,13 @@ def qb_target_pool(request: pytest.FixtureRequest, qb_session: QemuBlockSession)
 
 
 @pytest.fixture
-def targets(qemu_build: build_mod.QemuBuild, qemu_caps, qb_session: QemuBlockSession,  # type: ignore[no-untyped-def]
-            qb_evidence: TestEvidence, qemu_tools: Tools, qb_target_pool) -> Iterator["Provisioner"]:
+def targets(qb_context: RunContext, qemu_tools: Tools,  # type: ignore[no-untyped-def]
+            qb_target_pool) -> Iterator["Provisioner"]:
     """Provide protocol nodes: ``targets.target(backend, storage, recipe)`` (servers
     stopped after the test) or ``targets.shared(...)`` (kept for the module)."""
     from .backends.base import new_provisioner
-    from .backends.server import ServerContext
 
-    ctx = ServerContext(qemu_build, qb_session.registry, qb_evidence, qb_session.timeouts,
-                        qb_session.sockdir)
-    prov = new_provisioner(qemu_build, qemu_caps.accel, qemu_tools, ctx)
-    prov.caps = qemu_caps  # backends whose driver is a module skip if it does not load
+    prov = new_provisioner(qb_context, qemu_tools)
     prov.pool = qb_target_pool
     yield prov
     problems = prov.close()

@@ -265,14 +265,11 @@ class Provisioner:
         return problems
 
 
-def new_provisioner(build: QemuBuild, accel: str, tools: Tools, server_ctx: ServerContext) -> Provisioner:
-    ev, reg, timeouts = server_ctx.evidence, server_ctx.registry, server_ctx.timeouts
-    workdir = ev.workdir
-
-    def mk(kind: str) -> Storage:
-        return make_storage(kind, workdir / f"st-{kind}", reg, ev, timeouts)
-
-    return Provisioner(build, accel, tools, server_ctx, mk)
+def new_provisioner(ctx: ServerContext, tools: Tools) -> Provisioner:
+    """A provisioner for the test (or shared targets) of *ctx*; storages go in its work dir."""
+    prov = Provisioner(ctx.build, ctx.accel, tools, ctx, lambda kind: make_storage(kind, ctx))
+    prov.caps = ctx.caps  # backends whose driver is a module skip if it does not load
+    return prov
 
 
 # -- http (nginx), ssh (sshd), iscsi (tgtd) ------------------------------------------

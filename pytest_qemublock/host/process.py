@@ -100,6 +100,8 @@ class ManagedProcess:
     started: float = field(default_factory=time.monotonic)
     stop_expected: bool = False
     start_ticks: str | None = None  # /proc start time, to tell the pid from a reused one
+    #: the registry that started it; told once the process is reaped
+    registry: "ProcessRegistry | None" = field(default=None, repr=False, compare=False)
 
     @property
     def pid(self) -> int:
@@ -131,7 +133,11 @@ class ManagedProcess:
     def _reap(self) -> int:
         if self.popen.returncode is None:
             self._signal_group(signal.SIGKILL)  # leftovers of wrappers; pid still ours
-        return self.popen.wait()
+        status = self.popen.wait()
+        # Reaped (stopped, killed or exited): the registry must not hold dead processes.
+        if self.registry is not None:
+            self.registry.forget(self)
+        return status
 
     def wait_exit(self, timeout: float) -> bool:
         """Wait up to *timeout* s for the process to exit, without reaping it."""
@@ -293,21 +299,30 @@ class ProcessRegistry:
             except OSError as e:
                 raise ProcessError(f"cannot start {name}: {e.strerror}: {format_argv(argv)}") from None
         proc = ManagedProcess(name, argv, popen, out_path, err_path, env_delta,
-                              start_ticks=start_ticks(popen.pid))
+                              start_ticks=start_ticks(popen.pid), registry=self)
         with self._lock:
             self._procs.append(proc)
         self._write_state()
         return proc
 
     def forget(self, proc: ManagedProcess) -> None:
+        """Stop tracking *proc* (done by the process itself once it is reaped)."""
         with self._lock:
-            if proc in self._procs:
-                self._procs.remove(proc)
+            if proc not in self._procs:
+                return
+            self._procs.remove(proc)
         self._write_state()
 
     def live(self) -> list[ManagedProcess]:
         with self._lock:
-            return [p for p in self._procs if p.alive()]
+            procs = list(self._procs)
+        # alive() may reap, and a reaped process forgets itself (takes the lock)
+        return [p for p in procs if p.alive()]
+
+    def tracked(self) -> list[ManagedProcess]:
+        """Every process still registered (not yet reaped)."""
+        with self._lock:
+            return list(self._procs)
 
     def kill_all(self) -> list[ManagedProcess]:
         """Kill every process still registered; returns those that were alive."""

@@ -14,9 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..qemu.build import QemuBuild
-from ..evidence import TestEvidence
-from ..qemu.instance import Timeouts
+from ..qemu.context import RunContext
 from ..host.process import format_argv, run
 
 #: package data, so that a wheel install can create images too
@@ -67,11 +65,11 @@ class Image:
 class Tools:
     """qemu-img / qemu-io of one build, logged into the test's evidence."""
 
-    def __init__(self, build: QemuBuild, evidence: TestEvidence, timeouts: Timeouts,
-                 template_dir: Path | None = None) -> None:
-        self.build = build
-        self.evidence = evidence
-        self.timeouts = timeouts
+    def __init__(self, ctx: RunContext, template_dir: Path | None = None) -> None:
+        self.ctx = ctx
+        self.build = ctx.build
+        self.evidence = ctx.evidence
+        self.timeouts = ctx.timeouts
         #: where recipe images made by this build are kept for copying (per session)
         self.template_dir = template_dir
 
@@ -152,7 +150,7 @@ class ImageFactory:
         # copy of the session's first build of it costs well under 1 ms.
         if not (tdir / ".complete").exists():
             tdir.mkdir(parents=True, exist_ok=True)
-            plain = Tools(self.tools.build, self.tools.evidence, self.tools.timeouts)
+            plain = Tools(self.tools.ctx)
             ImageFactory(plain, tdir)._build_recipe(recipe, recipe)
             (tdir / ".complete").touch()
         template = ImageFactory(self.tools, tdir)._describe(recipe, recipe)

@@ -20,9 +20,9 @@ import stat
 from pathlib import Path
 
 from ..errors import QemuBlockError
-from ..evidence import TestEvidence
-from ..qemu.instance import Timeouts, Wrapper
-from ..host.process import ManagedProcess, ProcessRegistry, run
+from ..qemu.context import RunContext
+from ..qemu.instance import Wrapper
+from ..host.process import ManagedProcess, run
 from ..host.procfs import command_name, mount_namespace
 
 
@@ -84,16 +84,14 @@ class ErofsStorage(Storage):
     kind = "erofs"
     error_text = "Read-only file system"
 
-    def __init__(self, workdir: Path, registry: ProcessRegistry, evidence: TestEvidence,
-                 timeouts: Timeouts) -> None:
+    def __init__(self, workdir: Path, ctx: RunContext) -> None:
         super().__init__(workdir)
-        self.timeouts = timeouts
+        self.timeouts = ctx.timeouts
         self.mountpoint = workdir / "ro"
         self.mountpoint.mkdir(exist_ok=True)
-        self.holder: ManagedProcess = registry.spawn(
+        self.holder: ManagedProcess = ctx.registry.spawn(
             ["unshare", "--mount", "--propagation", "private", "--", "sleep", "infinity"],
-            name="mntns-holder", log_dir=evidence.log_dir)
-        self._registry = registry
+            name="mntns-holder", log_dir=ctx.evidence.log_dir)
         self._ns("mount", "--bind", self.directory, self.mountpoint)
         self.make_readonly()
 
@@ -139,7 +137,6 @@ class ErofsStorage(Storage):
     def close(self) -> None:
         # The namespace and its mounts vanish with their last process.
         self.holder.stop()
-        self._registry.forget(self.holder)
 
 
 class EaccesStorage(Storage):
@@ -219,14 +216,15 @@ def unprivileged_cannot_reach(path: Path, executable: bool = False) -> str | Non
             "directory below a world-searchable path such as /tmp or /var/cache")
 
 
-def make_storage(kind: str, workdir: Path, registry: ProcessRegistry, evidence: TestEvidence,
-                 timeouts: Timeouts) -> Storage:
-    """Create storage of *kind* in *workdir*; raises :class:`StorageUnavailable`."""
+def make_storage(kind: str, ctx: RunContext) -> Storage:
+    """Create storage of *kind* in ``st-KIND`` of the test's work dir; raises
+    :class:`StorageUnavailable`."""
     reason = unavailable_reason(kind)
     if reason:
         raise StorageUnavailable(reason)
+    workdir = ctx.workdir / f"st-{kind}"
     if kind == "erofs":
-        return ErofsStorage(workdir, registry, evidence, timeouts)
+        return ErofsStorage(workdir, ctx)
     if kind == "eacces":
         return EaccesStorage(workdir)
     return Storage(workdir)

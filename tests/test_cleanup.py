@@ -215,7 +215,8 @@ def test_sigkilled_pytest_takes_qemu_down(inner, monkeypatch):
     # (a dead QEMU that its new parent has not reaped yet does not count), says
     # so in its header, and removes the file. It runs even when QEMU survived,
     # so that a failure here leaves nothing behind either.
-    inner.suite("def test_plain():\n    pass\n", name="test_next")
+    # (it uses the plugin: a run that does not leaves the state files alone)
+    inner.suite("def test_plain(qb_session):\n    pass\n", name="test_next")
     r = inner.run("test_next.py")
     assert r.ret == 0, r.stdout.str()
     reaped = [line for line in r.outlines if "killed processes left by an earlier crashed run" in line]
@@ -252,7 +253,9 @@ def test_next_run_reaps_survivors_of_a_crashed_run(inner, monkeypatch):
                 {"+": 4194399, "start": "1", "name": "ended-normally"}, {"-": 4194399})
         journal(state_dir / "alive.procs.jsonl", os.getpid(),
                 {"+": foreign.pid, "start": start(foreign.pid), "name": "busy-elsewhere"})
-        inner.suite("def test_plain():\n    pass\n")
+        # The plugin activates with its first fixture (no ini flag, no QEMU option):
+        # the reaped ones are then reported at the end of the run.
+        inner.suite("def test_plain(qb_session):\n    pass\n")
 
         r = inner.run()
 

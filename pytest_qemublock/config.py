@@ -1,6 +1,13 @@
-"""Command-line options and ini values, and :class:`Settings`, what they mean once parsed."""
+"""Command-line options and ini values, and :class:`Settings`, what they mean once parsed.
+
+Bad input is refused here, at start-up, with one line (pytest's usage error,
+exit 4): a wrong timeout factor or evidence directory found by the first case
+would cost a whole run.
+"""
 from __future__ import annotations
 
+import math
+import tempfile
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -10,7 +17,7 @@ import pytest
 
 from .evidence import RETENTION
 from .qemu import build as build_mod
-from .qemu.build import QemuBuild, resolve_default_build
+from .qemu.build import BuildError, QemuBuild, resolve_default_build
 from .reporting import report
 
 
@@ -30,8 +37,8 @@ def addoption(parser: pytest.Parser) -> None:
                     help="test this build (repeatable); every case runs once per build and the "
                          "test id starts with NAME (default: the directory's name)")
     group.addoption("--qb-timeout-factor", type=float, default=None, metavar="F",
-                    help="multiply every timeout (QMP, events, start-up, tools) by F, e.g. for "
-                         "ASan or valgrind builds (default 1, ini qb_timeout_factor)")
+                    help="multiply every timeout (QMP, events, start-up, tools) by F > 0, e.g. "
+                         "for ASan or valgrind builds (default 1, ini qb_timeout_factor)")
     parser.addini("qb_timeout_factor", "default for --qb-timeout-factor")
     group.addoption("--qb-evidence", choices=RETENTION, default="failed",
                     help="keep command lines, process output and QMP transcripts of "
@@ -84,14 +91,24 @@ class Settings:
 
     @classmethod
     def from_config(cls, config: pytest.Config) -> Settings:
-        """Options, then ini, then defaults; xdist workers get their own worker id."""
+        """Options, then ini, then defaults; xdist workers get their own worker id.
+
+        Raises :class:`pytest.UsageError` (one line, exit 4) for bad values.
+        """
         opt = config.getoption
         # workerinput, not $PYTEST_XDIST_WORKER: a pytest started *from* a
         # worker (pytester) inherits the variable but is no worker itself.
         workerinput = getattr(config, "workerinput", None) or {}
         worker = workerinput.get("workerid", "main")
-        factor = opt("--qb-timeout-factor") or float(config.getini("qb_timeout_factor") or 1.0)
-        evidence_dir = Path(opt("--qb-evidence-dir") or config.rootpath / "qemublock-evidence")
+        evidence_opt = opt("--qb-evidence-dir")
+        evidence_dir = Path(evidence_opt or config.rootpath / "qemublock-evidence")
+        if evidence_opt and opt("--qb-evidence") != "none":
+            _check_writable_dir(evidence_dir, "--qb-evidence-dir")
+        for spec in opt("--qemu-build"):
+            try:
+                build_mod.split_build_spec(spec)
+            except BuildError as e:
+                raise pytest.UsageError(f"qemublock: {e}") from None
 
         def default_build() -> QemuBuild:
             return resolve_default_build(
@@ -102,7 +119,7 @@ class Settings:
         return cls(
             build_specs=list(opt("--qemu-build")),
             default_build=default_build,
-            timeout_factor=factor,
+            timeout_factor=_timeout_factor(opt("--qb-timeout-factor"), config.getini("qb_timeout_factor")),
             basetemp=opt("--qb-basetemp"),
             evidence_dir=evidence_dir,
             retention=opt("--qb-evidence"),
@@ -111,3 +128,32 @@ class Settings:
             keep_workdirs=opt("--qb-keep-workdirs"),
             run_uid=workerinput.get("testrunuid") or uuid.uuid4().hex,
         )
+
+
+def _timeout_factor(option: float | None, ini: str | None) -> float:
+    """The option, else the ini value, else 1; finite and > 0 (0 used to mean 1, -1 gave
+    negative timeouts, nan and inf tracebacks)."""
+    if option is not None:
+        value, source = option, f"--qb-timeout-factor={option:g}"
+    elif ini:
+        source = f"ini qb_timeout_factor = {ini}"
+        try:
+            value = float(ini)
+        except ValueError:
+            raise pytest.UsageError(f"qemublock: {source}: not a number") from None
+    else:
+        return 1.0
+    if not math.isfinite(value) or value <= 0:
+        raise pytest.UsageError(f"qemublock: {source}: the timeout factor must be a finite number > 0")
+    return value
+
+
+def _check_writable_dir(path: Path, option: str) -> None:
+    """Create *path* if needed and prove a file can be made in it, or refuse the run."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as e:
+        raise pytest.UsageError(f"qemublock: {option}={path}: cannot write there: "
+                                f"{e.strerror or e}") from None

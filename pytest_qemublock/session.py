@@ -19,6 +19,7 @@ import pytest
 
 from .config import Settings
 from .evidence import TestEvidence
+from .host import procfs
 from .host.process import ProcessRegistry, reap_stale
 from .qemu.build import BuildError, QemuBuild, resolve_builds
 from .qemu.capabilities import Capabilities, load_capabilities
@@ -48,12 +49,10 @@ def default_basetemp(shm: str = SHM) -> str | None:
     another file system, pass ``--qb-basetemp``.
     """
     try:
-        with open("/proc/self/mounts", encoding="utf-8") as f:
-            fstype = next((cols[2] for cols in (line.split() for line in f) if cols[1] == shm), None)
         st = os.statvfs(shm)
     except OSError:
         return None
-    if fstype != "tmpfs" or not os.access(shm, os.W_OK | os.X_OK):
+    if procfs.mount_fstype(shm) != "tmpfs" or not os.access(shm, os.W_OK | os.X_OK):
         return None
     return shm if st.f_bavail * st.f_frsize >= SHM_MIN_FREE else None
 

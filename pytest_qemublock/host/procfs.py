@@ -104,6 +104,15 @@ def namespace_pids(ns: str) -> list[int]:
     return sorted(pid for pid in psutil.pids() if mount_namespace(pid) == ns and running(pid))
 
 
+def mount_fstype(mountpoint: str) -> str | None:
+    """The file system type mounted at *mountpoint* (``tmpfs``...), ``None`` if none is."""
+    try:
+        parts = psutil.disk_partitions(all=True)
+    except OSError:
+        return None
+    return next((p.fstype for p in parts if p.mountpoint == mountpoint), None)
+
+
 # -- open files ------------------------------------------------------------------------
 
 

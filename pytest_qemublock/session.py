@@ -1,9 +1,11 @@
 """Session-wide state: builds, probes, the process registry and directories.
 
 One :class:`QemuBlockSession` lives in ``config.stash`` per pytest process
-(each xdist worker has its own). Everything expensive is lazy, so a pytest run
-that never touches QEMU (``--help``, the project's unrelated tests) costs
-nothing and needs no QEMU installed.
+(each xdist worker has its own). Everything is lazy, so a pytest run that
+never touches QEMU (``--help``, another project's tests in the same venv)
+costs nothing, needs no QEMU installed and is left alone: no process is
+reaped, no state file written and SIGTERM keeps its handler until the
+registry is first used (:meth:`QemuBlockSession.activate`).
 """
 from __future__ import annotations
 
@@ -11,69 +13,25 @@ import fcntl
 import os
 import shutil
 import tempfile
-import uuid
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
 
-from .qemu.build import QemuBuild, resolve_builds, resolve_default_build
-from .qemu.build import BuildError
-from .qemu.instance import Timeouts
-from .qemu.capabilities import Capabilities, load_capabilities
+import pytest
+
+from .config import Settings
+from .evidence import TestEvidence
+from .host import procfs
 from .host.process import ProcessRegistry, reap_stale
+from .qemu.build import BuildError, QemuBuild, resolve_builds
+from .qemu.capabilities import Capabilities, load_capabilities
+from .qemu.instance import Timeouts
 
-if TYPE_CHECKING:
-    import pytest
+SESSION_KEY = pytest.StashKey["QemuBlockSession"]()
+EVIDENCE_KEY = pytest.StashKey[TestEvidence]()
+FAILED_KEY = pytest.StashKey[bool]()
+WORKDIR_KEY = pytest.StashKey[Path]()  # removed once the teardown report is made
 
 # AF_UNIX paths are limited to 108 bytes; leave room for socket names.
 MAX_SOCKET_DIR = 80
-
-
-@dataclass
-class Settings:
-    """Options after parsing; see ``plugin.pytest_addoption`` for their help."""
-
-    build_specs: list[str]
-    default_build: Callable[[], QemuBuild]
-    timeout_factor: float
-    basetemp: str | None
-    evidence_dir: Path
-    retention: str
-    cache_dir: Path
-    worker_id: str
-    keep_workdirs: bool = False
-    #: one id per pytest run, the same on every xdist worker
-    run_uid: str = ""
-
-    @classmethod
-    def from_config(cls, config: "pytest.Config") -> "Settings":
-        """Options, then ini, then defaults; xdist workers get their own worker id."""
-        opt = config.getoption
-        # workerinput, not $PYTEST_XDIST_WORKER: a pytest started *from* a
-        # worker (pytester) inherits the variable but is no worker itself.
-        workerinput = getattr(config, "workerinput", None) or {}
-        worker = workerinput.get("workerid", "main")
-        factor = opt("--qb-timeout-factor") or float(config.getini("qb_timeout_factor") or 1.0)
-        evidence_dir = Path(opt("--qb-evidence-dir") or config.rootpath / "qemublock-evidence")
-
-        def default_build() -> QemuBuild:
-            return resolve_default_build(
-                lambda o: opt(o), lambda i: config.getini(i) or None,
-                opt("--qemu-build-dir") or config.getini("qemu_build_dir") or None)
-
-        cache = getattr(config, "cache", None)  # absent with -p no:cacheprovider
-        return cls(
-            build_specs=list(opt("--qemu-build")),
-            default_build=default_build,
-            timeout_factor=factor,
-            basetemp=opt("--qb-basetemp"),
-            evidence_dir=evidence_dir,
-            retention=opt("--qb-evidence"),
-            cache_dir=Path(cache.mkdir("qemublock")) if cache else evidence_dir / ".cache",
-            worker_id=worker.replace("gw", "w"),
-            keep_workdirs=opt("--qb-keep-workdirs"),
-            run_uid=workerinput.get("testrunuid") or uuid.uuid4().hex,
-        )
 
 
 SHM = "/dev/shm"
@@ -91,12 +49,10 @@ def default_basetemp(shm: str = SHM) -> str | None:
     another file system, pass ``--qb-basetemp``.
     """
     try:
-        with open("/proc/self/mounts", encoding="utf-8") as f:
-            fstype = next((cols[2] for cols in (line.split() for line in f) if cols[1] == shm), None)
         st = os.statvfs(shm)
     except OSError:
         return None
-    if fstype != "tmpfs" or not os.access(shm, os.W_OK | os.X_OK):
+    if procfs.mount_fstype(shm) != "tmpfs" or not os.access(shm, os.W_OK | os.X_OK):
         return None
     return shm if st.f_bavail * st.f_frsize >= SHM_MIN_FREE else None
 
@@ -113,11 +69,36 @@ class QemuBlockSession:
         self._root: Path | None = None
         self._sockdir: Path | None = None
         self._test_counter = 0
+        self._registry: ProcessRegistry | None = None
+        #: processes of earlier crashed runs killed on activation
+        self.reaped: list[str] = []
+        self.reaped_reported = False
+
+    # -- activation -------------------------------------------------------------
+    @property
+    def active(self) -> bool:
+        """Whether the registry (and with it the crash-recovery nets) is set up."""
+        return self._registry is not None
+
+    def activate(self) -> None:
+        """Reap what earlier crashed runs left, start this run's state journal and take
+        over SIGTERM. Done on first use only: the plugin is inert in runs that never
+        ask for it."""
+        if self._registry is not None:
+            return
         state_dir = Path(tempfile.gettempdir()) / f"qemublock-{os.getuid()}-procs"
         state_dir.mkdir(mode=0o700, exist_ok=True)
         self.reaped = reap_stale(state_dir)
-        self.registry = ProcessRegistry(state_dir / f"{os.getpid()}.procs.jsonl")
-        self.registry.install()
+        registry = ProcessRegistry(state_dir / f"{os.getpid()}.procs.jsonl")
+        registry.install()
+        self._registry = registry
+
+    @property
+    def registry(self) -> ProcessRegistry:
+        """Owns every process of this pytest process; the first use activates the session."""
+        self.activate()
+        assert self._registry is not None
+        return self._registry
 
     # -- builds -----------------------------------------------------------------
     @property
@@ -217,7 +198,7 @@ class QemuBlockSession:
     # -- teardown -------------------------------------------------------------------
     def close(self) -> list[str]:
         """Kill leftovers and remove the run directory; returns what was leaked."""
-        leaked = [p.describe() for p in self.registry.kill_all()]
+        leaked = [p.describe() for p in self._registry.kill_all()] if self._registry else []
         if self._root is not None and not self.settings.keep_workdirs:
             shutil.rmtree(self._root, ignore_errors=True)
         if self._sockdir is not None and not str(self._sockdir).startswith(str(self._root)):

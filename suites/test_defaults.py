@@ -12,7 +12,7 @@ import re
 
 import pytest
 
-from pytest_qemublock.host import facts as hostfacts
+from pytest_qemublock.host import procfs
 from pytest_qemublock.scenario import matrix
 from pytest_qemublock.qemu.instance import LaunchError
 from pytest_qemublock.scenario import drive, outcome
@@ -44,7 +44,7 @@ def test_classic_drive(case, targets, qemu, qemu_build, qemu_caps, qb_evidence):
         obs = drive.launch_failed(e)
     else:
         # the drive has no node name: its ro is query-block's, keyed by the drive id
-        obs = outcome.Outcome(True, vm=vm, fds={outcome.IMAGE: hostfacts.fd_modes(vm.pid, target.fd_path)})
+        obs = outcome.Outcome(True, vm=vm, fds={outcome.IMAGE: procfs.fd_modes(vm.pid, target.fd_path)})
         obs.ro = {b["device"]: bool(b["inserted"]["ro"]) for b in vm.execute("query-block")
                   if "inserted" in b}
     outcome.check(exp, obs, what=f"-drive {arg} ({case.id})", build=qemu_build.name)
@@ -93,10 +93,10 @@ def test_backing_children_open_read_only(case, targets, qemu, qemu_build, qb_evi
         assert layer["ro"] is True, (
             f"{case.id} [build {qemu_build.name}]: backing node {layer['node-name']} ({img.path.name}) "
             f"has ro={layer['ro']}, expected True (COW children default to read-only=on)")
-        modes = hostfacts.fd_modes(vm.pid, st.qemu_path(img.path))
+        modes = procfs.fd_modes(vm.pid, st.qemu_path(img.path))
         assert modes == [O_RDONLY], (
             f"{case.id} [build {qemu_build.name}]: backing {img.path.name} fd modes {modes}, expected [O_RDONLY]")
-    top_modes = hostfacts.fd_modes(vm.pid, path)
+    top_modes = procfs.fd_modes(vm.pid, path)
     want = O_RDONLY if top_ro else O_RDWR
     assert top_modes == [want], f"{case.id}: top fd modes {top_modes}, expected [{want}]"
 

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-from pytest_qemublock.host import facts as hostfacts
+from pytest_qemublock.host import procfs
 from pytest_qemublock.scenario import matrix
 from pytest_qemublock.scenario import drive, outcome
 from pytest_qemublock.backends import registry
@@ -144,8 +144,8 @@ def test_refused_open_leaves_nothing_behind(case, targets, qemu, qemu_build, qem
     if target.fd_path is not None:
         # No fd, and no OFD lock: a qcow2 node takes permissions (and so locks) on its
         # file at open. (For nbd the image belongs to the server; QEMU only held a connection.)
-        fds = hostfacts.fd_modes(vm.pid, target.fd_path)
-        locks = hostfacts.locks_on(target.image.path)
+        fds = procfs.fd_modes(vm.pid, target.fd_path)
+        locks = procfs.locks_on(target.image.path)
         assert fds == [] and locks == [], (
             f"after refused open of {what} [build {qemu_build.name}]: QEMU still holds "
             f"fds {fds} and /proc/locks has {locks} for {target.image.path}, expected neither\n"

@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from pytest_qemublock.host import facts as hostfacts
+from pytest_qemublock.host import procfs
 
 pytestmark = pytest.mark.smoke
 
@@ -14,7 +14,7 @@ def test_file_aro_on_writable_opens_rw_with_readonly_fd(qemu, images, qemu_build
             "read-only": False, "auto-read-only": True}
     vm = qemu.start("-blockdev", json.dumps(opts))
     ro = vm.node_ro("f0")
-    modes = hostfacts.fd_modes(vm.pid, img.path)
+    modes = procfs.fd_modes(vm.pid, img.path)
     assert ro is False, f"f0 {opts} [build {qemu_build.name}]: QEMU reports ro={ro}, expected ro=False"
     assert modes == ["O_RDONLY"], (
         f"f0 {opts} [build {qemu_build.name}]: fd modes {modes}, expected one O_RDONLY fd "

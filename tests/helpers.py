@@ -17,10 +17,11 @@ import textwrap
 import time
 import uuid
 from pathlib import Path
-from typing import Iterable
+from typing import Any, Iterable
 
 import pytest
 
+from pytest_qemublock.host import procfs
 from pytest_qemublock.qemu.build import BINARIES
 
 #: iotests-style variables and others that would leak the developer's setup
@@ -188,15 +189,7 @@ def host_state() -> dict[str, object]:
 
 def running(pids: list[int]) -> list[int]:
     """Those of *pids* that still exist and are not zombies."""
-    alive = []
-    for pid in pids:
-        try:
-            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-        except OSError:
-            continue
-        if state not in ("Z", "X"):
-            alive.append(pid)
-    return alive
+    return [pid for pid in pids if procfs.running(pid)]
 
 
 def assert_only_loopback(name: str, pids: list[int], port: int) -> None:
@@ -206,9 +199,23 @@ def assert_only_loopback(name: str, pids: list[int], port: int) -> None:
         f"(no 0.0.0.0 / [::] / * listener)")
 
 
-def assert_gone(name: str, pids: list[int], before: dict[str, object]) -> None:
+def leftovers(host: Any, pids: Iterable[int]) -> list[str]:
+    """``pid comm`` of those of *pids* that ``ps`` (testinfra's *host*) still shows alive."""
+    wanted = set(pids)
+    return [f"{p.pid} {p.comm}" for p in host.process.filter()
+            if p.pid in wanted and not str(p.stat).startswith("Z")]
+
+
+def assert_gone(name: str, pids: list[int], before: dict[str, object], host: Any,
+                port: int | None = None) -> None:
+    """After a stop: none of *pids* left (seen by ``ps``), nothing listening on
+    127.0.0.1:*port*, no mount or /run directory left behind."""
     deadline = time.monotonic() + 5
     while running(pids) and time.monotonic() < deadline:
         time.sleep(0.01)
-    assert running(pids) == [], f"{name}: processes {running(pids)} still run after stop"
+    left = leftovers(host, pids)
+    assert left == [], f"{name}: processes {left} still run after stop"
+    if port is not None:
+        assert not host.socket(f"tcp://127.0.0.1:{port}").is_listening, (
+            f"{name}: something still listens on 127.0.0.1:{port} after stop")
     assert host_state() == before, f"{name} changed the host: {host_state()} (before: {before})"

@@ -10,9 +10,10 @@ from pathlib import Path
 
 import pytest
 
+from pytest_qemublock.host import procfs
 from pytest_qemublock.host.process import read_state
 
-from helpers import assert_no_leak, our_processes, wait_gone
+from helpers import assert_no_leak, leftovers, our_processes, wait_gone
 
 BLOCKDEV = '''json.dumps({"driver": "file", "node-name": "f0", "filename": str(img.path),
                          "read-only": True})'''
@@ -133,7 +134,7 @@ def test_starts_a_stray_process(qb_session, qb_evidence):
 '''
 
 
-def test_processes_left_running_are_killed_at_session_end(inner, monkeypatch):
+def test_processes_left_running_are_killed_at_session_end(inner, monkeypatch, host):
     marker = inner.path / "stray.pid"
     monkeypatch.setenv("QB_MARKER", str(marker))
     inner.suite(STRAY_SUITE)
@@ -145,6 +146,7 @@ def test_processes_left_running_are_killed_at_session_end(inner, monkeypatch):
     r.stdout.fnmatch_lines([f"qemublock: killed processes still running at session end: "
                             f"stray (pid {pid}, killed by SIGKILL)"])
     assert wait_gone(inner.token, 0.5, names=("sleep",)) == []
+    assert leftovers(host, [pid]) == [], "ps still shows the stray process"
 
 
 SLEEPER_SUITE = f'''
@@ -213,7 +215,8 @@ def test_sigkilled_pytest_takes_qemu_down(inner, monkeypatch):
     # (a dead QEMU that its new parent has not reaped yet does not count), says
     # so in its header, and removes the file. It runs even when QEMU survived,
     # so that a failure here leaves nothing behind either.
-    inner.suite("def test_plain():\n    pass\n", name="test_next")
+    # (it uses the plugin: a run that does not leaves the state files alone)
+    inner.suite("def test_plain(qb_session):\n    pass\n", name="test_next")
     r = inner.run("test_next.py")
     assert r.ret == 0, r.stdout.str()
     reaped = [line for line in r.outlines if "killed processes left by an earlier crashed run" in line]
@@ -236,7 +239,9 @@ def test_next_run_reaps_survivors_of_a_crashed_run(inner, monkeypatch):
     foreign = subprocess.Popen(["sleep", "300"], start_new_session=True)  # a live run's
     try:
         def start(pid: int) -> str:
-            return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+            ticks = procfs.start_ticks(pid)
+            assert ticks is not None
+            return ticks
 
         def journal(path: Path, owner: int, *entries: dict) -> None:
             lines = [{"owner": owner}, *entries]
@@ -248,7 +253,9 @@ def test_next_run_reaps_survivors_of_a_crashed_run(inner, monkeypatch):
                 {"+": 4194399, "start": "1", "name": "ended-normally"}, {"-": 4194399})
         journal(state_dir / "alive.procs.jsonl", os.getpid(),
                 {"+": foreign.pid, "start": start(foreign.pid), "name": "busy-elsewhere"})
-        inner.suite("def test_plain():\n    pass\n")
+        # The plugin activates with its first fixture (no ini flag, no QEMU option):
+        # the reaped ones are then reported at the end of the run.
+        inner.suite("def test_plain(qb_session):\n    pass\n")
 
         r = inner.run()
 

@@ -75,6 +75,18 @@ def _ini_missing(p: Path, mp: pytest.MonkeyPatch) -> list[str]:
     return []
 
 
+def _ini_factor(value: str) -> Setup:
+    def setup(p: Path, mp: pytest.MonkeyPatch) -> list[str]:
+        (p / "pytest.ini").write_text(f"[pytest]\nqemublock = true\nqb_timeout_factor = {value}\n")
+        return []
+    return setup
+
+
+def _evidence_below_a_file(p: Path, mp: pytest.MonkeyPatch) -> list[str]:
+    (p / "a-file").write_text("")
+    return [f"--qb-evidence-dir={p}/a-file/evidence"]
+
+
 def _img_not_on_path(p: Path, mp: pytest.MonkeyPatch) -> list[str]:
     (p / "empty").mkdir()
     mp.setenv("PATH", str(p / "empty"))
@@ -120,6 +132,19 @@ CASES: list[tuple[str, Setup | list[str], str]] = [
     ("bad-build-name", _bad_build_name,
      r"--qemu-build 'my build={p}/a/one': the build name 'my build' may only use letters, "
      r"digits and \._\+-"),
+    ("build-without-name", ["--qemu-build=/"],
+     r"--qemu-build '/': '/' has no name to call the build by; use NAME=/"),
+    ("build-without-dir", ["--qemu-build=a="],
+     r"--qemu-build 'a=': no directory after 'a='"),
+    *[(f"timeout-factor-{v}", [f"--qb-timeout-factor={v}"],
+       rf"--qb-timeout-factor={re.escape(v)}: the timeout factor must be a finite number > 0")
+      for v in ("0", "-1", "nan", "inf")],
+    ("ini-timeout-factor-zero", _ini_factor("0"),
+     r"ini qb_timeout_factor = 0: the timeout factor must be a finite number > 0"),
+    ("ini-timeout-factor-text", _ini_factor("fast"),
+     r"ini qb_timeout_factor = fast: not a number"),
+    ("evidence-dir-unwritable", _evidence_below_a_file,
+     r"--qb-evidence-dir={p}/a-file/evidence: cannot write there: Not a directory"),
     ("env-var-names-its-source", _env_missing,
      r"qemu-img from \$QEMU_IMG_PROG: /nonexistent/qemu-img does not exist"),
     ("ini-names-its-source", _ini_missing,

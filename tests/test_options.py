@@ -228,3 +228,49 @@ def test_work_dirs_default_to_a_roomy_tmpfs_only(tmp_path):
         assert default_basetemp() == "/dev/shm"
     else:
         assert default_basetemp() is None
+
+
+INERT_CONFTEST = '''
+import signal
+
+#: SIGTERM's handler before any plugin's pytest_configure ran
+BEFORE = signal.getsignal(signal.SIGTERM)
+'''
+
+
+def test_plugin_is_inert_until_used(inner, monkeypatch):
+    """Installed in the venv but not used (no QEMU option, no ini flag, no fixture), the
+    plugin reaps nothing, creates no state dir and leaves SIGTERM alone; the first
+    qemublock fixture sets all of that up."""
+    tmp = inner.path / "tmp"
+    tmp.mkdir()
+    monkeypatch.setenv("TMPDIR", str(tmp))
+    state_dir = tmp / f"qemublock-{os.getuid()}-procs"
+    inner.pytester.makeconftest(INERT_CONFTEST)
+    inner.suite("import signal, conftest\n\n"
+                "def test_plain():\n"
+                "    assert signal.getsignal(signal.SIGTERM) is conftest.BEFORE\n")
+
+    r = inner.run(basetemp=False)
+
+    assert r.ret == 0, r.stdout.str() + r.stderr.str()
+    r.assert_outcomes(passed=1)
+    assert not state_dir.exists(), f"a run that never used the plugin created {state_dir}"
+
+    # A crashed run's journal (its owner is dead) is left alone by such a run...
+    state_dir.mkdir(mode=0o700)
+    stale = state_dir / "4194399.procs.jsonl"
+    stale.write_text('{"owner": 4194399}\n')
+    r = inner.run(basetemp=False)
+    assert r.ret == 0, r.stdout.str() + r.stderr.str()
+    assert stale.exists(), "a run that never used the plugin reaped an earlier run's processes"
+
+    # ...and handled by the first run that requests a qemublock fixture.
+    inner.suite("import signal, conftest\n\n"
+                "def test_uses_the_plugin(qb_session):\n"
+                "    assert signal.getsignal(signal.SIGTERM) is not conftest.BEFORE\n",
+                name="test_uses")
+    r = inner.run("test_uses.py", basetemp=False)
+    assert r.ret == 0, r.stdout.str() + r.stderr.str()
+    r.assert_outcomes(passed=1)
+    assert not stale.exists(), "the plugin, once used, did not reap the dead run's journal"

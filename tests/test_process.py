@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 import signal
 
+from pytest_qemublock.host import procfs
 from pytest_qemublock.host.process import ProcessRegistry
 
 
@@ -37,9 +38,8 @@ def test_exit_is_seen_without_reaping_until_the_group_is_killed(tmp_path):
             os.kill(child, 0)
         except ProcessLookupError:
             break
-        with open(f"/proc/{child}/stat") as f:
-            if f.read().rsplit(")", 1)[1].split()[0] == "Z":
-                break
+        if not procfs.running(child):
+            break
         os.sched_yield()
     else:
         os.kill(child, signal.SIGKILL)
@@ -65,3 +65,25 @@ def test_state_journal_records_live_processes_and_compacts(tmp_path):
         journal.sync({pid: a})
     journal.sync({})
     assert path.read_text() == f'{{"owner": {os.getpid()}}}\n', "not compacted when nothing was live"
+
+
+def test_a_reaped_process_leaves_the_registry(tmp_path):
+    """Stopped, killed or exited and waited for: the registry holds no dead process,
+    and the state journal no longer lists it."""
+    from pytest_qemublock.host.process import read_state
+
+    state = tmp_path / "state.procs.jsonl"
+    reg = ProcessRegistry(state)
+    stopped = reg.spawn(["sleep", "60"], name="stopped", log_dir=tmp_path)
+    killed = reg.spawn(["sleep", "60"], name="killed", log_dir=tmp_path)
+    exited = reg.spawn(["true"], name="exited", log_dir=tmp_path)
+    kept = reg.spawn(["sleep", "60"], name="kept", log_dir=tmp_path)
+    try:
+        stopped.stop()
+        killed.kill()
+        assert exited.wait(10) == 0
+        assert reg.tracked() == [kept], [p.name for p in reg.tracked()]
+        assert [p["name"] for p in read_state(state)[1]] == ["kept"]
+    finally:
+        reg.kill_all()
+    assert reg.tracked() == []

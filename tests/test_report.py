@@ -339,6 +339,8 @@ def test_diff_builds_inside_one_results_file(fake, monkeypatch, capsys):
 def test_junit_carries_the_axes_and_build_versions(pytester, tmp_path):
     """Real builds (two names for the installed QEMU): qb.* per test case, versions per suite."""
     a, b = link_dir(tmp_path / "a"), link_dir(tmp_path / "b")
+    # a scenario marker, registered the way suites/conftest.py does
+    pytester.makeini("[pytest]\nmarkers =\n    open: qemublock scenario: the open matrix\n")
     pytester.makepyfile(test_suite=textwrap.dedent('''
         import pytest
 

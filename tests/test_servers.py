@@ -25,7 +25,7 @@ import pytest
 from pytest_qemublock.backends.server import ServerError
 from pytest_qemublock.storage.images import ImageFactory
 from pytest_qemublock.backends import http, iscsi, ssh
-from pytest_qemublock.host import listeners as ports
+from pytest_qemublock.host import procfs
 from pytest_qemublock.host.listeners import PortReservation
 
 from helpers import assert_gone, assert_only_loopback, host_state, ss_listeners
@@ -83,10 +83,10 @@ def image_opts(opts: dict, prefix: str = "") -> str:
 
 @needs_nginx
 @needs_ss
-def test_nginx_serves_read_only_on_loopback_and_leaves_nothing(ctx, image, qemu_tools):
+def test_nginx_serves_read_only_on_loopback_and_leaves_nothing(ctx, image, qemu_tools, host):
     before = host_state()
     server = http.start_nginx(ctx, image.path.parent, image.path)
-    pids = ports.group_pids(server.proc.pid)  # master and worker
+    pids = procfs.group_pids(server.proc.pid)  # master and worker
     try:
         assert len(pids) >= 2, f"nginx: expected a master and a worker, found {pids}"
         assert_only_loopback("nginx", pids, server.port)
@@ -102,7 +102,7 @@ def test_nginx_serves_read_only_on_loopback_and_leaves_nothing(ctx, image, qemu_
         assert image.unchanged(), f"{image.path} changed behind nginx"
     finally:
         server.stop()
-    assert_gone("nginx", pids, before)
+    assert_gone("nginx", pids, before, host, port=server.port)
     pidfiles = list(ctx.evidence.workdir.glob("nginx*/nginx.pid"))
     assert pidfiles == [], f"nginx left {pidfiles}"
 
@@ -122,7 +122,8 @@ def test_nginx_that_cannot_serve_fails_fast_with_its_error(ctx, image):
 @needs_sshd
 @needs_ss
 @pytest.mark.parametrize("readonly", [False, True], ids=["rw", "ro"])
-def test_sshd_on_loopback_refuses_writes_read_only_and_leaves_nothing(ctx, image, qemu_tools, readonly):
+def test_sshd_on_loopback_refuses_writes_read_only_and_leaves_nothing(ctx, image, qemu_tools, readonly,
+                                                                     host):
     before = host_state()
     server = ssh.start_sshd(ctx, readonly=readonly)
     try:
@@ -153,7 +154,7 @@ def test_sshd_on_loopback_refuses_writes_read_only_and_leaves_nothing(ctx, image
     finally:
         server.stop()
     conn.close()
-    assert_gone("sshd", pids, before)
+    assert_gone("sshd", pids, before, host, port=server.port)
     assert not server.agent_sock.exists(), f"{server.agent_sock} left behind"
 
 
@@ -175,7 +176,8 @@ def test_sshd_that_cannot_serve_fails_fast_with_its_error(ctx, monkeypatch):
 @needs_tgtd
 @needs_ss
 @pytest.mark.parametrize("readonly", [False, True], ids=["rw", "ro"])
-def test_tgtd_on_loopback_refuses_writes_read_only_and_leaves_nothing(ctx, image, qemu_tools, readonly):
+def test_tgtd_on_loopback_refuses_writes_read_only_and_leaves_nothing(ctx, image, qemu_tools, readonly,
+                                                                     host):
     before = host_state()
     server = iscsi.start_tgtd(ctx, image.path, readonly=readonly)
     pids = server.namespace.pids()
@@ -200,7 +202,7 @@ def test_tgtd_on_loopback_refuses_writes_read_only_and_leaves_nothing(ctx, image
             assert image.path.read_bytes()[:512] == WRITE, "the write did not reach the file"
     finally:
         server.stop()
-    assert_gone("tgtd", pids, before)
+    assert_gone("tgtd", pids, before, host, port=server.port)
 
 
 @needs_tgtd

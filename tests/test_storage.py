@@ -22,7 +22,7 @@ STRERROR = {"erofs": "Read-only file system", "eacces": "Permission denied"}
 
 
 @pytest.mark.parametrize("kind", ["erofs", "eacces"])
-def test_read_only_storage_refuses_root_and_flips(kind, targets):
+def test_read_only_storage_refuses_root_and_flips(kind, targets, host):
     assert os.geteuid() == 0, "these checks are about root, who ignores 0444"
     before = host_state()
     st = targets.storage(kind)
@@ -40,7 +40,7 @@ def test_read_only_storage_refuses_root_and_flips(kind, targets):
     pids = [holder.pid] if holder is not None else []
     st.close()
     targets.storages.clear()
-    assert_gone(f"{kind} storage", pids, before)
+    assert_gone(f"{kind} storage", pids, before, host)
     if kind == "erofs":
         assert not any(st.mountpoint.iterdir()), "the read-only bind mount is visible on the host"
 
@@ -65,7 +65,7 @@ SERVERS = {
 @pytest.mark.parametrize("server", [*SERVERS, "qemu-export"])
 @pytest.mark.parametrize("readonly", [True, False], ids=["ro", "rw"])
 def test_nbd_export_refuses_writes_read_only_and_leaves_nothing(server, transport, readonly, targets,
-                                                               qemu_tools, qemu_caps):
+                                                               qemu_tools, qemu_caps, host):
     ctx = targets.server_ctx
     img = ImageFactory(qemu_tools, targets.storage("rw").directory).from_recipe("raw")
     before = host_state()
@@ -91,6 +91,7 @@ def test_nbd_export_refuses_writes_read_only_and_leaves_nothing(server, transpor
     finally:
         srv.stop()
         targets.servers.clear()
-    assert_gone(server, pids, before)
+    assert_gone(server, pids, before, host,
+                port=srv.listener.port if transport == "tcp" else None)
     if srv.listener.path is not None:
         assert not Path(srv.listener.path).exists(), f"{server} left its socket {srv.listener.path}"

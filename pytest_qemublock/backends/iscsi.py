@@ -31,7 +31,8 @@ from ..host.process import ManagedProcess, format_argv, run
 from .base import Backend, ProvideContext, Target, needs_root, new_image, started
 from .server import Server, ServerContext, ServerError
 from ..host.namespace import Namespace, NamespaceError, private_run
-from ..host.listeners import reserve_port, tcp_listeners
+from ..host.listeners import reserve_port
+from ..host.procfs import tcp_listeners
 
 TGT_PACKAGE = "tgt"
 IQN_PREFIX = "iqn.2024-01.org.qemu.qemublock"

@@ -24,20 +24,14 @@ from __future__ import annotations
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from collections.abc import Callable
 
 from ..evidence import TestEvidence
 from ..qemu.factory import stop_instance
 from ..storage.images import Tools
 from ..qemu.instance import QemuInstance, launch
 from .base import Target
-from .provisioner import Provisioner
-from .server import ServerContext
-from ..storage.local import Storage, make_storage
-
-if TYPE_CHECKING:
-    from ..host.process import ProcessRegistry
-    from ..session import QemuBlockSession
+from .provisioner import Provisioner, new_provisioner
 
 
 @dataclass
@@ -48,11 +42,11 @@ class _Shared:
     target: Target
     vm: QemuInstance | None = None
 
-    def close(self, registry: "ProcessRegistry") -> list[str]:
+    def close(self) -> list[str]:
         problems = []
         if self.vm is not None:
             alive = self.vm.alive()
-            problem = stop_instance(self.vm, registry)
+            problem = stop_instance(self.vm)
             if problem and alive:  # a crash was already reported by the case it happened in
                 problems.append(problem)
             self.vm = None
@@ -62,9 +56,11 @@ class _Shared:
 class TargetPool:
     """One module's shared targets (the ``qb_target_pool`` fixture)."""
 
-    def __init__(self, session: "QemuBlockSession", label: str) -> None:
-        self.session = session
+    def __init__(self, label: str, new_workdir: Callable[[str], Path], keep_workdirs: bool = False) -> None:
         self.label = label
+        #: makes the pool's work dir (the session's, so that it is removed with the run's)
+        self._new_workdir = new_workdir
+        self._keep_workdirs = keep_workdirs
         self._workdir: Path | None = None
         self._entries: dict[tuple[str, str, str, str], _Shared] = {}
 
@@ -74,7 +70,7 @@ class TargetPool:
         entry = self._entries.get(key)
         if entry is not None and not _healthy(entry.owner):
             del self._entries[key]
-            entry.close(self.session.registry)
+            entry.close()
             entry = None
         if entry is None:
             owner = self._provisioner(prov, "-".join(key))
@@ -98,12 +94,12 @@ class TargetPool:
         if entry.vm is not None:
             entry.vm.qmp.retarget(evidence.transcript(entry.vm.name))
             if not _clean(entry.vm):
-                stop_instance(entry.vm, self.session.registry)
+                stop_instance(entry.vm)
                 entry.vm = None
         if entry.vm is None:
-            entry.vm = launch("system", prov.build, [], accel=prov.accel,
-                              registry=self.session.registry, evidence=entry.owner.server_ctx.evidence,
-                              timeouts=self.session.timeouts, wrapper=target.wrapper,
+            ctx = entry.owner.server_ctx
+            entry.vm = launch("system", ctx.build, [], accel=ctx.accel, registry=ctx.registry,
+                              evidence=ctx.evidence, timeouts=ctx.timeouts, wrapper=target.wrapper,
                               name="qemu-hotplug")
             entry.vm.qmp.retarget(evidence.transcript(entry.vm.name))
         evidence.add_process(entry.vm.proc)
@@ -112,24 +108,17 @@ class TargetPool:
 
     def _provisioner(self, prov: Provisioner, name: str) -> Provisioner:
         if self._workdir is None:
-            self._workdir = self.session.new_workdir(f"shared targets of {self.label}")
+            self._workdir = self._new_workdir(f"shared targets of {self.label}")
         workdir = self._workdir / name
-        evidence = TestEvidence(workdir, f"{self.label} [{name}]")
-        timeouts = self.session.timeouts
-        ctx = ServerContext(prov.build, self.session.registry, evidence, timeouts, self.session.sockdir)
-        tools = Tools(prov.build, evidence, timeouts, template_dir=prov.tools.template_dir)
-
-        def mk(kind: str) -> Storage:
-            return make_storage(kind, workdir / f"st-{kind}", self.session.registry, evidence, timeouts)
-
-        return Provisioner(prov.build, prov.accel, tools, ctx, mk, prov.caps)
+        ctx = prov.server_ctx.with_evidence(TestEvidence(workdir, f"{self.label} [{name}]"))
+        return new_provisioner(ctx, Tools(ctx, template_dir=prov.tools.template_dir))
 
     def close(self) -> list[str]:
         problems = []
         for entry in self._entries.values():
-            problems += entry.close(self.session.registry)
+            problems += entry.close()
         self._entries.clear()
-        if self._workdir is not None and not self.session.settings.keep_workdirs:
+        if self._workdir is not None and not self._keep_workdirs:
             shutil.rmtree(self._workdir, ignore_errors=True)
         return problems
 

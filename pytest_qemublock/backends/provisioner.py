@@ -106,13 +106,8 @@ class Provisioner:
         return problems
 
 
-def new_provisioner(build: QemuBuild, caps: Capabilities, tools: Tools, server_ctx: ServerContext,
-                    pool: SharedTargets | None = None) -> Provisioner:
-    """The ``targets`` fixture's provisioner: storages in the test's work dir."""
-    ev, reg, timeouts = server_ctx.evidence, server_ctx.registry, server_ctx.timeouts
-    workdir = ev.workdir
-
-    def mk(kind: str) -> Storage:
-        return make_storage(kind, workdir / f"st-{kind}", reg, ev, timeouts)
-
-    return Provisioner(build, caps.accel, tools, server_ctx, mk, caps, pool)
+def new_provisioner(ctx: ServerContext, tools: Tools, pool: SharedTargets | None = None) -> Provisioner:
+    """A provisioner for the test (or one module's shared targets) of *ctx*: storages
+    go in its work dir; *pool* serves :meth:`Provisioner.shared`."""
+    return Provisioner(ctx.build, ctx.accel, tools, ctx, lambda kind: make_storage(kind, ctx),
+                       ctx.caps, pool)

@@ -1,36 +1,25 @@
-"""What all servers share: listening sockets handed over pre-bound, and the context."""
+"""What all servers share: listening sockets handed over pre-bound, and the context
+(:class:`~..qemu.context.RunContext`, still importable here as ``ServerContext``)."""
 from __future__ import annotations
 
 import itertools
 import os
 import socket
 import time
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Callable
 
 from ..errors import QemuBlockError
-from ..qemu.build import QemuBuild
-from ..evidence import TestEvidence
-from ..qemu.instance import Timeouts
 from ..host.listeners import Listener
 from ..host.process import ManagedProcess, ProcessRegistry
+from ..qemu.context import RunContext
 
 
 class ServerError(QemuBlockError):
     """A protocol server (qemu-nbd, nbdkit, nginx, ...) failed to become ready."""
 
 
-
-@dataclass
-class ServerContext:
-    """Everything a server needs from the session and the test."""
-
-    build: QemuBuild
-    registry: ProcessRegistry
-    evidence: TestEvidence
-    timeouts: Timeouts
-    sockdir: Path
+#: the name the servers knew the test's context by
+ServerContext = RunContext
 
 
 class Server:
@@ -47,9 +36,8 @@ class Server:
 
     def stop(self) -> None:
         try:
-            self.proc.stop()
+            self.proc.stop()  # leaves the registry once reaped
         finally:
-            self.registry.forget(self.proc)
             if self.listener is not None:
                 self.listener.close()
 

@@ -40,7 +40,7 @@ from ..host.listeners import Listener, recv_until, socket_activation
 from .base import Backend, ProvideContext, Target, needs_root, new_image, started
 from .server import Server, ServerContext, ServerError
 from ..host.namespace import Namespace, private_run
-from ..host.listeners import tcp_listeners
+from ..host.procfs import tcp_listeners
 
 SSH_PACKAGE = "openssh-server"
 SSHD = "/usr/sbin/sshd"

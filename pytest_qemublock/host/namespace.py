@@ -18,6 +18,7 @@ from typing import Sequence
 
 from ..errors import QemuBlockError
 from .process import ManagedProcess
+from .procfs import command_name, mount_namespace, namespace_pids, running
 
 
 class NamespaceError(QemuBlockError):
@@ -35,21 +36,6 @@ def private_run(argv: Sequence[str], mkdirs: Sequence[str] = ()) -> list[str]:
             "sh", *map(str, argv)]
 
 
-def _mnt_ns(pid: int | str) -> str | None:
-    try:
-        return os.readlink(f"/proc/{pid}/ns/mnt")
-    except OSError:
-        return None
-
-
-def _zombie_or_gone(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return True
-    return stat.rsplit(")", 1)[1].split()[0] in ("Z", "X")
-
-
 class Namespace:
     """The mount namespace a server runs in (identified by its ``ns/mnt`` link)."""
 
@@ -60,18 +46,14 @@ class Namespace:
         the pid would still be ``unshare``/``sh``): never act on it before.
         """
         self.proc = proc
-        own = _mnt_ns("self")
+        own = mount_namespace("self")
         deadline = time.monotonic() + timeout
         while True:
             if not proc.alive():
                 raise NamespaceError(f"{proc.name} exited before it ran in its mount namespace "
                                   f"({proc.describe()}): {proc.stderr_text().strip()}")
-            ns = _mnt_ns(proc.pid)
-            try:
-                name = Path(f"/proc/{proc.pid}/comm").read_text().strip()
-            except OSError:
-                name = ""
-            if ns is not None and ns != own and name == comm:
+            ns = mount_namespace(proc.pid)
+            if ns is not None and ns != own and command_name(proc.pid) == comm:
                 self._hold(ns)
                 return
             if time.monotonic() > deadline:
@@ -112,11 +94,7 @@ class Namespace:
         """Live processes in this namespace (the server and everything it forked)."""
         if getattr(self, "_fd", None) is None:
             raise NamespaceError("namespace already released: its id may belong to another one now")
-        out = []
-        for d in Path("/proc").iterdir():
-            if d.name.isdigit() and _mnt_ns(d.name) == self.id and not _zombie_or_gone(int(d.name)):
-                out.append(int(d.name))
-        return sorted(out)
+        return namespace_pids(self.id)
 
     def kill_all(self, timeout: float = 5.0) -> list[int]:
         """SIGKILL every process still in the namespace; returns those that survived *timeout*."""
@@ -124,7 +102,7 @@ class Namespace:
         left = self.pids()
         while left:
             for pid in left:
-                if _mnt_ns(pid) == self.id:  # not a reused pid
+                if mount_namespace(pid) == self.id:  # not a reused pid
                     try:
                         os.kill(pid, signal.SIGKILL)
                     except OSError:
@@ -132,5 +110,5 @@ class Namespace:
             if time.monotonic() > deadline:
                 break
             time.sleep(0.002)
-            left = [p for p in left if not _zombie_or_gone(p) and _mnt_ns(p) == self.id]
+            left = [p for p in left if running(p) and mount_namespace(p) == self.id]
         return left

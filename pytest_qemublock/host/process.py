@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import IO, Iterable, Mapping, Sequence
 
 from ..errors import QemuBlockError
+from .procfs import running, start_ticks
 
 
 class ProcessError(QemuBlockError):
@@ -119,25 +120,6 @@ def _popen_args(argv: list[str]) -> tuple[list[str], dict[str, object]]:
     return [setpriv, "--pdeathsig", "SIGKILL", "--", *argv], {"process_group": 0}
 
 
-def _start_time(pid: int) -> str | None:
-    """Process start time in clock ticks, to recognise pid reuse."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    # Field 22; the command name (field 2) may contain spaces and parentheses.
-    return stat.rsplit(")", 1)[1].split()[19]
-
-
-def running(pid: int) -> bool:
-    """The process exists and is not a zombie (dead, waiting to be reaped)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
-
-
 @dataclass
 class ManagedProcess:
     """A child process with its log files and command line kept for evidence."""
@@ -151,6 +133,8 @@ class ManagedProcess:
     started: float = field(default_factory=time.monotonic)
     stop_expected: bool = False
     start_ticks: str | None = None  # /proc start time, to tell the pid from a reused one
+    #: the registry that started it; told once the process is reaped
+    registry: "ProcessRegistry | None" = field(default=None, repr=False, compare=False)
 
     @property
     def pid(self) -> int:
@@ -182,7 +166,11 @@ class ManagedProcess:
     def _reap(self) -> int:
         if self.popen.returncode is None:
             self._signal_group(signal.SIGKILL)  # leftovers of wrappers; pid still ours
-        return self.popen.wait()
+        status = self.popen.wait()
+        # Reaped (stopped, killed or exited): the registry must not hold dead processes.
+        if self.registry is not None:
+            self.registry.forget(self)
+        return status
 
     def wait_exit(self, timeout: float) -> bool:
         """Wait up to *timeout* s for the process to exit, without reaping it."""
@@ -348,21 +336,30 @@ class ProcessRegistry:
                 raise ProcessError(f"cannot start {name}: {e.strerror}: {format_argv(argv)}") from None
         STARTED.note(program_of(argv, program))
         proc = ManagedProcess(name, argv, popen, out_path, err_path, env_delta,
-                              start_ticks=_start_time(popen.pid))
+                              start_ticks=start_ticks(popen.pid), registry=self)
         with self._lock:
             self._procs.append(proc)
         self._write_state()
         return proc
 
     def forget(self, proc: ManagedProcess) -> None:
+        """Stop tracking *proc* (done by the process itself once it is reaped)."""
         with self._lock:
-            if proc in self._procs:
-                self._procs.remove(proc)
+            if proc not in self._procs:
+                return
+            self._procs.remove(proc)
         self._write_state()
 
     def live(self) -> list[ManagedProcess]:
         with self._lock:
-            return [p for p in self._procs if p.alive()]
+            procs = list(self._procs)
+        # alive() may reap, and a reaped process forgets itself (takes the lock)
+        return [p for p in procs if p.alive()]
+
+    def tracked(self) -> list[ManagedProcess]:
+        """Every process still registered (not yet reaped)."""
+        with self._lock:
+            return list(self._procs)
 
     def kill_all(self) -> list[ManagedProcess]:
         """Kill every process still registered; returns those that were alive."""
@@ -470,7 +467,7 @@ def reap_stale(state_dir: Path) -> list[str]:
             continue  # that run is still alive (another concurrent session)
         for entry in procs:
             pid = int(entry["pid"])  # type: ignore[call-overload]
-            if entry.get("start") and _start_time(pid) == entry["start"]:
+            if entry.get("start") and start_ticks(pid) == entry["start"]:
                 if not running(pid):
                     # Already dead (PR_SET_PDEATHSIG did its job), just not
                     # reaped by its new parent: nothing to report. Its group

@@ -152,13 +152,28 @@ def resolve_default_build(
     return _validate(name, candidates, missing, env, _data_args(root) if root is not None else ())
 
 
-def resolve_named_build(spec: str) -> QemuBuild:
-    """Resolve ``NAME=DIR`` or ``DIR`` (a build tree or a ``dpkg -x`` root)."""
+def split_build_spec(spec: str) -> tuple[str, str]:
+    """``NAME=DIR`` or ``DIR`` -> (name, directory), without touching the file system.
+
+    Raises :class:`BuildError` for an empty or unusable name (``/`` has none)
+    or an empty directory (``NAME=``).
+    """
     name, sep, directory = spec.partition("=")
     if not sep:
         directory, name = spec, Path(spec.rstrip("/")).name
-    if not name or not re.fullmatch(r"[A-Za-z0-9._+-]+", name):
+    if not directory:
+        raise BuildError(f"--qemu-build {spec!r}: no directory after {name + '='!r}")
+    if not name:
+        raise BuildError(f"--qemu-build {spec!r}: {directory!r} has no name to call the build by; "
+                         f"use NAME={directory}")
+    if not re.fullmatch(r"[A-Za-z0-9._+-]+", name):
         raise BuildError(f"--qemu-build {spec!r}: the build name {name!r} may only use letters, digits and ._+-")
+    return name, directory
+
+
+def resolve_named_build(spec: str) -> QemuBuild:
+    """Resolve ``NAME=DIR`` or ``DIR`` (a build tree or a ``dpkg -x`` root)."""
+    name, directory = split_build_spec(spec)
     root = _check_build_dir(directory)
     candidates: dict[str, tuple[Path, str]] = {}
     missing: dict[str, str] = {}
@@ -176,11 +191,7 @@ def build_names(build_specs: Sequence[str]) -> list[str]:
 
     Collection (test ids) needs them on every xdist worker, identically.
     """
-    names = []
-    for spec in build_specs:
-        name, sep, directory = spec.partition("=")
-        names.append(name if sep else Path(spec.rstrip("/")).name)
-    return names
+    return [split_build_spec(spec)[0] for spec in build_specs]
 
 
 def _data_args(root: Path) -> tuple[str, ...]:

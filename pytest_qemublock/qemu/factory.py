@@ -3,13 +3,9 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from .build import QemuBuild
 from ..host.process import ProcessError
-from .instance import LaunchError
-from ..evidence import TestEvidence
-from .instance import QemuInstance, Timeouts, Wrapper, launch
-from .capabilities import Capabilities
-from ..host.process import ProcessRegistry
+from .context import RunContext
+from .instance import LaunchError, QemuInstance, Wrapper, launch
 
 
 class QemuFactory:
@@ -19,13 +15,11 @@ class QemuFactory:
     the test (a crash) makes teardown fail with its exit status and stderr.
     """
 
-    def __init__(self, build: QemuBuild, caps: Capabilities, registry: ProcessRegistry,
-                 evidence: TestEvidence, timeouts: Timeouts) -> None:
-        self.build = build
-        self.caps = caps
-        self.registry = registry
-        self.evidence = evidence
-        self.timeouts = timeouts
+    def __init__(self, ctx: RunContext) -> None:
+        self.ctx = ctx
+        self.build = ctx.build
+        self.registry = ctx.registry
+        self.evidence = ctx.evidence
         self.instances: list[QemuInstance] = []
         self._names: dict[str, int] = {}
 
@@ -65,8 +59,9 @@ class QemuFactory:
 
     def _start(self, kind: str, args: Sequence[str], machine: str, wrapper: Wrapper,
                name: str) -> QemuInstance:
-        vm = launch(kind, self.build, list(args), accel=self.caps.accel, registry=self.registry,
-                    evidence=self.evidence, timeouts=self.timeouts, machine=machine,
+        ctx = self.ctx
+        vm = launch(kind, ctx.build, list(args), accel=ctx.accel, registry=ctx.registry,
+                    evidence=ctx.evidence, timeouts=ctx.timeouts, machine=machine,
                     wrapper=wrapper, name=self._name(name))
         self.instances.append(vm)
         self.evidence.add_snapshot(vm.nodes_snapshot)
@@ -74,17 +69,16 @@ class QemuFactory:
 
     def shutdown_all(self) -> list[str]:
         """Stop every instance; returns the problems (crashes) found."""
-        problems = [p for vm in reversed(self.instances) if (p := stop_instance(vm, self.registry))]
+        problems = [p for vm in reversed(self.instances) if (p := stop_instance(vm))]
         self.instances.clear()
         return problems
 
 
-def stop_instance(vm: QemuInstance, registry: ProcessRegistry) -> str | None:
-    """Shut *vm* down and forget its process; the problem (a crash) if there was one."""
+def stop_instance(vm: QemuInstance) -> str | None:
+    """Shut *vm* down (its process leaves the registry once reaped); the problem
+    (a crash) if there was one."""
     try:
         vm.shutdown()
     except ProcessError as e:
         return str(e)
-    finally:
-        registry.forget(vm.proc)
     return None

@@ -241,7 +241,6 @@ def launch(
         except ProcessError:
             proc.stop()
             code = proc.returncode
-        registry.forget(proc)
         reason = "exited during start-up" if not isinstance(e, QmpTimeout) else "never greeted on QMP"
         raise LaunchError(f"{name} {reason}", argv, code, proc.stderr_text()) from None
     return QemuInstance(name, kind, build, proc, qmp, timeouts)

@@ -49,7 +49,6 @@ def probe_build(build: QemuBuild, registry: ProcessRegistry, workdir: Path,
                 driver_errors[drv] = None  # loaded; it just could not connect
     finally:
         vm.shutdown()
-        registry.forget(vm.proc)
     shutil.rmtree(workdir / build.name, ignore_errors=True)
     q = version["qemu"]
     return Capabilities(

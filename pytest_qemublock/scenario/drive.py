@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from ..backends.base import Target
-from ..host import facts as hostfacts
+from ..host import procfs
 from ..qemu.factory import QemuFactory
 from ..qemu.instance import LaunchError, QemuInstance
 from ..qemu.qmp import QmpError
@@ -64,7 +64,7 @@ def state(vm: QemuInstance, nodes: Iterable[str], images: Mapping[str, Path | No
     (query-named-block-nodes; None if missing) and the modes of QEMU's fds per image."""
     named = vm.nodes()
     ro = {n: (bool(named[n]["ro"]) if n in named else None) for n in nodes}
-    fds = {label: hostfacts.fd_modes(vm.pid, path) for label, path in images.items() if path is not None}
+    fds = {label: procfs.fd_modes(vm.pid, path) for label, path in images.items() if path is not None}
     return Outcome(err is None, err.desc if err else "", err.error_class if err else "", ro, fds,
                    detail=detail, vm=vm)
 
@@ -215,7 +215,7 @@ def assert_released(vm: QemuInstance, target: Target, what: str, why: str = "") 
         nodes = vm.nodes()
     assert not nodes, f"{what}: blockdev-del n0 left nodes {sorted(nodes)} in {vm.name}"
     if target.fd_path is not None:
-        fds = hostfacts.fd_modes(vm.pid, target.fd_path)
+        fds = procfs.fd_modes(vm.pid, target.fd_path)
         assert not fds, f"{what}: after blockdev-del n0, {vm.name} still has {fds} on {target.fd_path}"
     if target.readonly:
         _assert_image_unchanged(target, what, why)

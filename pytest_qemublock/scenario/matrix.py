@@ -9,21 +9,13 @@ from __future__ import annotations
 import fnmatch
 import itertools
 from dataclasses import dataclass, fields
-from typing import Iterable, Iterator
+from typing import Iterable
 
 import pytest
 
-#: Scenario markers (select with ``-m reopen``); one per suite module.
-SCENARIOS = {
-    "smoke": "a minimal check that the build and the harness work",
-    "open": "open matrix: read-only x auto-read-only x storage x interface",
-    "degrade": "auto-read-only=on degrades to read-only where storage refuses writes",
-    "reopen": "blockdev-reopen between read-only and read-write",
-    "dynamic": "file-posix dynamic auto-read-only: fd mode follows writers",
-    "jobs": "block jobs reopening backing nodes read-write",
-    "defaults": "defaults and inheritance (-drive, backing children, tools)",
-    "servers": "protocol servers and storage behave as the matrix assumes",
-}
+#: A marker whose registered description starts with this is a scenario (select with
+#: ``-m reopen``). The suites register theirs (suites/conftest.py), one per module.
+SCENARIO_PREFIX = "qemublock scenario:"
 
 INTERFACES = ("blockdev", "drive", "qmp", "qsd")
 TRISTATE = (True, False, None)  # on / off / unset
@@ -118,13 +110,25 @@ def cases(**axes: Iterable[object]) -> list[pytest.param]:  # type: ignore[valid
 # -- collection: properties and selection ---------------------------------------
 
 
-def item_properties(item: pytest.Item) -> dict[str, str]:
+def scenario_markers(config: pytest.Config) -> set[str]:
+    """Names of the registered markers described as ``qemublock scenario: ...``."""
+    names = set()
+    for line in config.getini("markers"):
+        # "open: qemublock scenario: ..."; a marker may have a signature: "name(arg): ..."
+        spec, _, text = line.partition(":")
+        if text.strip().startswith(SCENARIO_PREFIX):
+            names.add(spec.split("(")[0].strip())
+    return names
+
+
+def item_properties(item: pytest.Item, scenarios: set[str] | None = None) -> dict[str, str]:
     """The ``qb.*`` axes of a collected item (scenario, backend, format, build...)."""
+    if scenarios is None:
+        scenarios = scenario_markers(item.config)
     props: dict[str, str] = {}
-    for name in SCENARIOS:
-        if item.get_closest_marker(name) is not None:
-            props["scenario"] = name
-            break
+    scenario = next((m.name for m in item.iter_markers() if m.name in scenarios), None)
+    if scenario is not None:
+        props["scenario"] = scenario
     callspec = getattr(item, "callspec", None)
     if callspec is not None:
         for key, value in callspec.params.items():
@@ -142,9 +146,10 @@ def annotate_and_select(config: pytest.Config, items: list[pytest.Item]) -> None
         "format": _patterns(config.getoption("--format")),
         "interface": _patterns(config.getoption("--interface")),
     }
+    scenarios = scenario_markers(config)
     keep, drop = [], []
     for item in items:
-        props = item_properties(item)
+        props = item_properties(item, scenarios)
         for k, v in props.items():
             item.user_properties.append((f"qb.{k}", v))
         if all(_matches(props.get(axis), pats) for axis, pats in wanted.items()):
@@ -169,6 +174,3 @@ def _matches(value: str | None, patterns: list[str]) -> bool:
     # "nbd*" matches nbd-qsd-unix-ro; "file" matches file-rw/file-erofs too.
     return any(fnmatch.fnmatchcase(value, p) or fnmatch.fnmatchcase(value, p + "-*") for p in patterns)
 
-
-def iter_scenarios() -> Iterator[tuple[str, str]]:
-    return iter(SCENARIOS.items())

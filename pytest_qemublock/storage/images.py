@@ -116,7 +116,7 @@ class ImageFactory:
         # copy of the session's first build of it costs well under 1 ms.
         if not (tdir / ".complete").exists():
             tdir.mkdir(parents=True, exist_ok=True)
-            plain = Tools(self.tools.build, self.tools.evidence, self.tools.timeouts)
+            plain = Tools(self.tools.ctx)
             ImageFactory(plain, tdir)._build_recipe(recipe, recipe)
             (tdir / ".complete").touch()
         template = ImageFactory(self.tools, tdir)._describe(recipe, recipe)

@@ -20,9 +20,10 @@ import stat
 from pathlib import Path
 
 from ..errors import QemuBlockError
-from ..evidence import TestEvidence
-from ..qemu.instance import Timeouts, Wrapper
-from ..host.process import ManagedProcess, ProcessRegistry, run
+from ..qemu.context import RunContext
+from ..qemu.instance import Wrapper
+from ..host.process import ManagedProcess, run
+from ..host.procfs import command_name, mount_namespace
 
 
 class StorageUnavailable(QemuBlockError):
@@ -83,16 +84,14 @@ class ErofsStorage(Storage):
     kind = "erofs"
     error_text = "Read-only file system"
 
-    def __init__(self, workdir: Path, registry: ProcessRegistry, evidence: TestEvidence,
-                 timeouts: Timeouts) -> None:
+    def __init__(self, workdir: Path, ctx: RunContext) -> None:
         super().__init__(workdir)
-        self.timeouts = timeouts
+        self.timeouts = ctx.timeouts
         self.mountpoint = workdir / "ro"
         self.mountpoint.mkdir(exist_ok=True)
-        self.holder: ManagedProcess = registry.spawn(
+        self.holder: ManagedProcess = ctx.registry.spawn(
             ["unshare", "--mount", "--propagation", "private", "--", "sleep", "infinity"],
-            name="mntns-holder", log_dir=evidence.log_dir, program="sleep")
-        self._registry = registry
+            name="mntns-holder", log_dir=ctx.evidence.log_dir, program="sleep")
         self._ns("mount", "--bind", self.directory, self.mountpoint)
         self.make_readonly()
 
@@ -107,19 +106,16 @@ class ErofsStorage(Storage):
     def _wait_for_namespace(self) -> None:
         import time
 
-        own = os.readlink("/proc/self/ns/mnt")
+        own = mount_namespace("self")
         deadline = time.monotonic() + self.timeouts.launch
         while time.monotonic() < deadline:
             if not self.holder.alive():
                 raise StorageUnavailable(
                     f"unshare --mount failed: {self.holder.stderr_text().strip()} "
                     "(needs root or user namespaces; Debian package util-linux)")
-            try:
-                if os.readlink(f"/proc/{self.holder.pid}/ns/mnt") != own and \
-                        Path(f"/proc/{self.holder.pid}/comm").read_text().strip() == "sleep":
-                    return
-            except OSError:
-                pass
+            ns = mount_namespace(self.holder.pid)
+            if ns is not None and ns != own and command_name(self.holder.pid) == "sleep":
+                return
             time.sleep(0.002)
         raise StorageUnavailable("mount namespace holder did not start")
 
@@ -141,7 +137,6 @@ class ErofsStorage(Storage):
     def close(self) -> None:
         # The namespace and its mounts vanish with their last process.
         self.holder.stop()
-        self._registry.forget(self.holder)
 
 
 class EaccesStorage(Storage):
@@ -222,14 +217,15 @@ def unprivileged_cannot_reach(path: Path, executable: bool = False) -> str | Non
             "directory below a world-searchable path such as /tmp or /var/cache")
 
 
-def make_storage(kind: str, workdir: Path, registry: ProcessRegistry, evidence: TestEvidence,
-                 timeouts: Timeouts) -> Storage:
-    """Create storage of *kind* in *workdir*; raises :class:`StorageUnavailable`."""
+def make_storage(kind: str, ctx: RunContext) -> Storage:
+    """Create storage of *kind* in ``st-KIND`` of the test's work dir; raises
+    :class:`StorageUnavailable`."""
     reason = unavailable_reason(kind)
     if reason:
         raise StorageUnavailable(reason)
+    workdir = ctx.workdir / f"st-{kind}"
     if kind == "erofs":
-        return ErofsStorage(workdir, registry, evidence, timeouts)
+        return ErofsStorage(workdir, ctx)
     if kind == "eacces":
         return EaccesStorage(workdir)
     return Storage(workdir)

@@ -1,0 +1,24 @@
+"""The suites' scenario markers: one per module, selected with ``-m open`` etc.
+
+Registered here, not by the plugin: scenarios are what these suites test.
+``scenario/matrix.py`` recognises a scenario marker by its description's
+``qemublock scenario:`` prefix and reports it as the case's ``qb.scenario``.
+"""
+from __future__ import annotations
+
+import pytest
+
+SCENARIOS = {
+    "smoke": "a minimal check that the build and the harness work",
+    "open": "open matrix: read-only x auto-read-only x storage x interface",
+    "degrade": "auto-read-only=on degrades to read-only where storage refuses writes",
+    "reopen": "blockdev-reopen between read-only and read-write",
+    "dynamic": "file-posix dynamic auto-read-only: fd mode follows writers",
+    "jobs": "block jobs reopening backing nodes read-write",
+    "defaults": "defaults and inheritance (-drive, backing children, tools)",
+}
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    for name, text in SCENARIOS.items():
+        config.addinivalue_line("markers", f"{name}: qemublock scenario: {text}")

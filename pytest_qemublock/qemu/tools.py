@@ -13,10 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..evidence import TestEvidence
 from ..host.process import format_argv, run
-from .build import QemuBuild
-from .instance import Timeouts
+from .context import RunContext
 
 #: qemu-io-cmds.c print_report(): the line a completed read/write prints
 IO_DONE = re.compile(r"^(read|wrote) \d+/\d+ bytes at offset \d+", re.MULTILINE)
@@ -74,11 +72,11 @@ class QemuIoResult:
 class Tools:
     """qemu-img / qemu-io of one build, logged into the test's evidence."""
 
-    def __init__(self, build: QemuBuild, evidence: TestEvidence, timeouts: Timeouts,
-                 template_dir: Path | None = None) -> None:
-        self.build = build
-        self.evidence = evidence
-        self.timeouts = timeouts
+    def __init__(self, ctx: RunContext, template_dir: Path | None = None) -> None:
+        self.ctx = ctx
+        self.build = ctx.build
+        self.evidence = ctx.evidence
+        self.timeouts = ctx.timeouts
         #: where recipe images made by this build are kept for copying (per session)
         self.template_dir = template_dir
 

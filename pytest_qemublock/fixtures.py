@@ -12,6 +12,7 @@ import pytest
 
 from .evidence import TestEvidence, safe_name
 from .qemu import build as build_mod
+from .host.journal import StateDirError
 from .qemu.build import BuildError
 from .qemu.capabilities import Capabilities
 from .qemu.context import RunContext
@@ -34,7 +35,10 @@ if TYPE_CHECKING:
 def qb_session(pytestconfig: pytest.Config) -> QemuBlockSession:
     """The plugin's session state (builds, registry, directories, timeouts)."""
     session = pytestconfig.stash[SESSION_KEY]
-    session.activate()
+    try:
+        session.activate()
+    except StateDirError as e:
+        pytest.exit(f"qemublock: {e}", returncode=pytest.ExitCode.USAGE_ERROR)
     return session
 
 

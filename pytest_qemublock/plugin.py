@@ -11,6 +11,7 @@ import pytest
 from . import config as config_mod
 from .evidence import safe_name
 from .qemu import build as build_mod
+from .host.journal import StateDirError
 from .qemu.build import BuildError
 from .reporting import plugin as report
 from .scenario import matrix
@@ -60,10 +61,10 @@ def pytest_configure(config: pytest.Config) -> None:
     config.pluginmanager.register(
         report.MatrixReport(config, lambda: session.resolved_builds), "qemublock-report")
     if config_mod.wanted(config):
-        session.activate()
         try:
+            session.activate()
             session.builds
-        except BuildError as e:
+        except (BuildError, StateDirError) as e:
             raise pytest.UsageError(f"qemublock: {e}") from None
 
 
@@ -91,8 +92,7 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
     if session is None:
         return []
     lines = []
-    if session.reaped:
-        lines.append(_reaped_line(session))
+    lines += _reap_lines(session)
     try:
         builds = session.builds
     except BuildError as e:
@@ -146,13 +146,21 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
     tr = session.config.pluginmanager.get_plugin("terminalreporter")
     if tr is None:
         return
-    if qb.reaped and not qb.reaped_reported:  # activated by a fixture, after the header
-        tr.write_line(_reaped_line(qb), yellow=True)
+    if not qb.reaped_reported:  # activated by a fixture, after the header
+        for line in _reap_lines(qb):
+            tr.write_line(line, yellow=True)
     if leaked:
         tr.write_line("qemublock: killed processes still running at session end: "
                       + ", ".join(leaked), yellow=True)
 
 
-def _reaped_line(session: QemuBlockSession) -> str:
+def _reap_lines(session: QemuBlockSession) -> list[str]:
+    """What activation found of earlier runs: processes killed, journals not trusted."""
+    if not session.active:
+        return []
     session.reaped_reported = True
-    return "qemublock: killed processes left by an earlier crashed run: " + ", ".join(session.reaped)
+    lines = [f"qemublock: {w}" for w in session.reap_warnings]
+    if session.reaped:
+        lines.append("qemublock: killed processes left by an earlier crashed run: "
+                     + ", ".join(session.reaped))
+    return lines

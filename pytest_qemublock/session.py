@@ -20,7 +20,8 @@ import pytest
 from .config import Settings
 from .evidence import TestEvidence
 from .host import procfs
-from .host.process import ProcessRegistry, reap_stale
+from .host.journal import StateDir, default_state_dir, new_token, reap_stale
+from .host.process import ProcessRegistry
 from .qemu.build import BuildError, QemuBuild, resolve_builds
 from .qemu.capabilities import Capabilities, load_capabilities
 from .qemu.instance import Timeouts
@@ -72,6 +73,8 @@ class QemuBlockSession:
         self._registry: ProcessRegistry | None = None
         #: processes of earlier crashed runs killed on activation
         self.reaped: list[str] = []
+        #: journals of earlier runs that could not be fully read (corrupt, not ours)
+        self.reap_warnings: list[str] = []
         self.reaped_reported = False
 
     # -- activation -------------------------------------------------------------
@@ -86,10 +89,10 @@ class QemuBlockSession:
         ask for it."""
         if self._registry is not None:
             return
-        state_dir = Path(tempfile.gettempdir()) / f"qemublock-{os.getuid()}-procs"
-        state_dir.mkdir(mode=0o700, exist_ok=True)
-        self.reaped = reap_stale(state_dir)
-        registry = ProcessRegistry(state_dir / f"{os.getpid()}.procs.jsonl")
+        state = StateDir(default_state_dir())  # StateDirError: not private, refused
+        reaped = reap_stale(state)
+        self.reaped, self.reap_warnings = reaped.killed, reaped.warnings
+        registry = ProcessRegistry(state, new_token())
         registry.install()
         self._registry = registry
 

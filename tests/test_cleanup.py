@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from pytest_qemublock.host import procfs
-from pytest_qemublock.host.process import read_state
+from pytest_qemublock.host.journal import RUN_ENV, parse_journal
 
 from helpers import assert_no_leak, leftovers, our_processes, wait_gone
 
@@ -203,8 +203,8 @@ def test_interrupted_session_leaves_nothing(inner, monkeypatch, sig):
 def test_sigkilled_pytest_takes_qemu_down(inner, monkeypatch):
     proc, qemu_pid = _start_sleeper(inner, monkeypatch)
     state_dir = inner.path / "tmp" / f"qemublock-{os.getuid()}-procs"
-    owner, procs = read_state(state_dir / f"{proc.pid}.procs.jsonl")
-    assert owner == proc.pid and qemu_pid in [p["pid"] for p in procs], procs  # for the next run
+    recorded = parse_journal((state_dir / f"{proc.pid}.procs.jsonl").read_text())
+    assert recorded.owner == proc.pid and qemu_pid in recorded.live, recorded  # for the next run
 
     proc.kill()
     proc.wait(10)
@@ -227,16 +227,21 @@ def test_sigkilled_pytest_takes_qemu_down(inner, monkeypatch):
 
 
 def test_next_run_reaps_survivors_of_a_crashed_run(inner, monkeypatch):
-    """Processes recorded by a dead run are killed and reported; others are left alone."""
+    """Processes recorded by a dead run are killed and reported when they provably are
+    the same processes (start time) and that run's (its token in their environment);
+    everything else is left alone."""
     tmp = inner.path / "tmp"
     state_dir = tmp / f"qemublock-{os.getuid()}-procs"
-    state_dir.mkdir(parents=True)
+    state_dir.mkdir(parents=True, mode=0o700)
     monkeypatch.setenv("TMPDIR", str(tmp))
+    token = "0123456789abcdef"
+    of_run = {**os.environ, RUN_ENV: token}
     dead = subprocess.Popen(["true"])
     dead.wait()
-    survivor = subprocess.Popen(["sleep", "300"], start_new_session=True)
-    reused = subprocess.Popen(["sleep", "300"], start_new_session=True)  # pid "reused"
-    foreign = subprocess.Popen(["sleep", "300"], start_new_session=True)  # a live run's
+    survivor = subprocess.Popen(["sleep", "300"], start_new_session=True, env=of_run)
+    reused = subprocess.Popen(["sleep", "300"], start_new_session=True, env=of_run)  # pid "reused"
+    stranger = subprocess.Popen(["sleep", "300"], start_new_session=True)  # right pid, no token
+    foreign = subprocess.Popen(["sleep", "300"], start_new_session=True, env=of_run)  # a live run's
     try:
         def start(pid: int) -> str:
             ticks = procfs.start_ticks(pid)
@@ -244,12 +249,13 @@ def test_next_run_reaps_survivors_of_a_crashed_run(inner, monkeypatch):
             return ticks
 
         def journal(path: Path, owner: int, *entries: dict) -> None:
-            lines = [{"owner": owner}, *entries]
+            lines = [{"owner": owner, "token": token}, *entries]
             path.write_text("".join(json.dumps(e) + "\n" for e in lines))
 
         journal(state_dir / f"{dead.pid}.procs.jsonl", dead.pid,
                 {"+": survivor.pid, "start": start(survivor.pid), "name": "qemu-left-behind"},
                 {"+": reused.pid, "start": str(int(start(reused.pid)) - 1), "name": "not-ours"},
+                {"+": stranger.pid, "start": start(stranger.pid), "name": "no-token"},
                 {"+": 4194399, "start": "1", "name": "ended-normally"}, {"-": 4194399})
         journal(state_dir / "alive.procs.jsonl", os.getpid(),
                 {"+": foreign.pid, "start": start(foreign.pid), "name": "busy-elsewhere"})
@@ -263,12 +269,13 @@ def test_next_run_reaps_survivors_of_a_crashed_run(inner, monkeypatch):
         r.stdout.fnmatch_lines([f"qemublock: killed processes left by an earlier crashed run: "
                                 f"qemu-left-behind (pid {survivor.pid})"])
         assert survivor.wait(5) == -signal.SIGKILL
-        assert reused.poll() is None and foreign.poll() is None
-        assert "not-ours" not in r.stdout.str() and "busy-elsewhere" not in r.stdout.str()
+        assert reused.poll() is None and foreign.poll() is None and stranger.poll() is None
+        for name in ("not-ours", "busy-elsewhere", "no-token"):
+            assert name not in r.stdout.str()
         assert not (state_dir / f"{dead.pid}.procs.jsonl").exists()
         assert (state_dir / "alive.procs.jsonl").exists()
     finally:
-        for p in (survivor, reused, foreign):
+        for p in (survivor, reused, stranger, foreign):
             p.kill()
             p.wait()
 
@@ -323,3 +330,23 @@ def test_xdist_two_workers(inner, monkeypatch):
     # both workers share one probe (under a file lock)
     assert len(list((inner.path / ".pytest_cache/d/qemublock").glob("probe-*.json"))) == 1
     assert_no_leak(inner, timeout=0.5)
+
+
+def test_a_corrupt_journal_is_skipped_with_a_warning(inner, monkeypatch):
+    """One bad line in another run's journal: a warning naming the file, never an
+    INTERNALERROR (before, every later run of that user died on it)."""
+    tmp = inner.path / "tmp"
+    state_dir = tmp / f"qemublock-{os.getuid()}-procs"
+    state_dir.mkdir(parents=True, mode=0o700)
+    monkeypatch.setenv("TMPDIR", str(tmp))
+    journal = state_dir / "4194301.procs.jsonl"
+    journal.write_text('{"owner": 4194301, "token": "t"}\n{"+": "x"}\nnot json\n')
+    inner.suite("def test_plain(qb_session):\n    pass\n")
+
+    r = inner.run()
+
+    out = r.stdout.str() + r.stderr.str()
+    assert r.ret == 0, out
+    r.stdout.fnmatch_lines([f"qemublock: skipped 2 corrupt line(s) in {journal}"])
+    assert "INTERNALERROR" not in out and "Traceback" not in out
+    assert not journal.exists(), "a dead run's journal is removed once read"

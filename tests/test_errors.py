@@ -93,6 +93,37 @@ def _img_not_on_path(p: Path, mp: pytest.MonkeyPatch) -> list[str]:
     return [f"--qemu-system={REAL['system']}"]
 
 
+def _state_dir(make: Callable[[Path], None]) -> Setup:
+    """A state dir (``$TMPDIR/qemublock-<uid>-procs``) that another user could use
+    against the run: it must be refused, never trusted."""
+    def setup(p: Path, mp: pytest.MonkeyPatch) -> list[str]:
+        tmp = p / "tmp"
+        tmp.mkdir()
+        mp.setenv("TMPDIR", str(tmp))
+        make(tmp / f"qemublock-{os.getuid()}-procs")
+        return []
+    return setup
+
+
+def _world_writable(d: Path) -> None:
+    d.mkdir()
+    os.chmod(d, 0o1777)
+
+
+def _symlinked(d: Path) -> None:
+    (d.parent / "elsewhere").mkdir(mode=0o700)
+    d.symlink_to(d.parent / "elsewhere")
+
+
+def _of_another_user(d: Path) -> None:
+    d.mkdir(mode=0o700)
+    os.chown(d, 65534, 65534)
+
+
+_STATE = r"state directory {p}/tmp/qemublock-\d+-procs "
+_AS_ROOT = pytest.mark.skipif(os.geteuid() != 0, reason="needs root to make a directory of another uid")
+
+
 # (id, setup, the one expected stderr line as a regex; "{p}" is the inner project dir)
 CASES: list[tuple[str, Setup | list[str], str]] = [
     ("missing-binary", ["--qemu-img=/nonexistent"],
@@ -149,13 +180,28 @@ CASES: list[tuple[str, Setup | list[str], str]] = [
      r"qemu-img from \$QEMU_IMG_PROG: /nonexistent/qemu-img does not exist"),
     ("ini-names-its-source", _ini_missing,
      r"qemu-io from ini qemu_io: /nonexistent/qemu-io does not exist"),
+    ("state-dir-world-writable", _state_dir(_world_writable),
+     _STATE + r"has mode 1777, not 0700: refused \(another user could plant or read journals "
+     r"there; remove it, or set TMPDIR\)"),
+    ("state-dir-symlink", _state_dir(_symlinked),
+     _STATE + r"is a symlink: refused \(remove it, or set TMPDIR to a directory of your own\)"),
+    pytest.param("state-dir-of-another-user", _state_dir(_of_another_user),
+                 _STATE + r"is owned by uid 65534, not 0: refused .*", marks=_AS_ROOT),
     ("required-binary-not-found", _img_not_on_path,
      r"qemu-img not found on PATH \(install Debian package qemu-utils, or pass --qemu-img / "
      r"set QEMU_IMG_PROG\)"),
 ]
 
 
-@pytest.mark.parametrize("setup, expected", [pytest.param(s, e, id=i) for i, s, e in CASES])
+def _param(case: object) -> object:
+    if hasattr(case, "marks"):  # a pytest.param(id, setup, expected, marks=...)
+        values = case.values  # type: ignore[attr-defined]
+        return pytest.param(values[1], values[2], id=values[0], marks=case.marks)  # type: ignore[attr-defined]
+    i, s, e = case  # type: ignore[misc]
+    return pytest.param(s, e, id=i)
+
+
+@pytest.mark.parametrize("setup, expected", [_param(c) for c in CASES])
 def test_bad_input_is_one_line_usage_error(inner, monkeypatch, setup, expected):
     if not (inner.path / "pytest.ini").exists():
         inner.ini()  # qemublock = true: validate at start-up even without options

@@ -3,8 +3,10 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 
 from pytest_qemublock.host import procfs
+from pytest_qemublock.host.journal import StateDir
 from pytest_qemublock.host.process import ProcessRegistry
 
 
@@ -12,7 +14,7 @@ def test_no_killpg_after_the_leader_was_reaped(tmp_path, monkeypatch):
     """pid_max is often 32768: a reaped leader's pid (= its group id) is soon
     someone else's. Stopping, killing or kill_all() after the exit must not
     signal that group."""
-    reg = ProcessRegistry(tmp_path / "state.json")
+    reg = ProcessRegistry(StateDir(tmp_path / "state"))
     proc = reg.spawn(["true"], name="short", log_dir=tmp_path)
     assert proc.wait(10) == 0
     calls = []
@@ -25,7 +27,7 @@ def test_no_killpg_after_the_leader_was_reaped(tmp_path, monkeypatch):
 
 def test_exit_is_seen_without_reaping_until_the_group_is_killed(tmp_path):
     """alive() notices the exit, and the group (a wrapper's child here) dies before the reap."""
-    reg = ProcessRegistry(tmp_path / "state.json")
+    reg = ProcessRegistry(StateDir(tmp_path / "state"))
     # The shell exits at once, leaving its background child in the group.
     proc = reg.spawn(["sh", "-c", "sleep 60 & echo $! > child; exit 3"], name="wrapper",
                      log_dir=tmp_path, cwd=tmp_path)
@@ -50,30 +52,33 @@ def test_exit_is_seen_without_reaping_until_the_group_is_killed(tmp_path):
 def test_state_journal_records_live_processes_and_compacts(tmp_path):
     from types import SimpleNamespace
 
-    from pytest_qemublock.host.process import StateJournal, read_state
+    from pytest_qemublock.host.journal import StateDir, StateJournal, parse_journal
 
-    path = tmp_path / "x.procs.jsonl"
-    journal = StateJournal(path)
+    state = StateDir(tmp_path / "state")
+    journal = StateJournal(state, "tok")
+    path = journal.path
     a, b = SimpleNamespace(start_ticks="11", name="qemu"), SimpleNamespace(start_ticks="22", name="nbd")
     journal.sync({100: a, 200: b})
     journal.sync({200: b})
-    assert read_state(path) == (os.getpid(), [{"pid": 200, "start": "22", "name": "nbd"}])
+    got = parse_journal(path.read_text())
+    assert (got.owner, got.token, got.live, got.corrupt) == (os.getpid(), "tok", {200: ("22", "nbd")}, 0)
     with open(path, "a") as f:
-        f.write('{"+": 300, "sta')  # torn by a SIGKILL mid-write: ignored
-    assert read_state(path)[1] == [{"pid": 200, "start": "22", "name": "nbd"}]
+        f.write('{"+": 300, "sta')  # torn by a SIGKILL mid-write: ignored, not corrupt
+    got = parse_journal(path.read_text())
+    assert (got.live, got.corrupt) == ({200: ("22", "nbd")}, 0)
     for pid in range(1000, 1000 + StateJournal.COMPACT_AFTER):
         journal.sync({pid: a})
     journal.sync({})
-    assert path.read_text() == f'{{"owner": {os.getpid()}}}\n', "not compacted when nothing was live"
+    assert path.read_text() == f'{{"owner": {os.getpid()}, "token": "tok"}}\n', \
+        "not compacted when nothing was live"
 
 
 def test_a_reaped_process_leaves_the_registry(tmp_path):
     """Stopped, killed or exited and waited for: the registry holds no dead process,
     and the state journal no longer lists it."""
-    from pytest_qemublock.host.process import read_state
+    from pytest_qemublock.host.journal import StateDir, parse_journal
 
-    state = tmp_path / "state.procs.jsonl"
-    reg = ProcessRegistry(state)
+    reg = ProcessRegistry(StateDir(tmp_path / "state"), "tok")
     stopped = reg.spawn(["sleep", "60"], name="stopped", log_dir=tmp_path)
     killed = reg.spawn(["sleep", "60"], name="killed", log_dir=tmp_path)
     exited = reg.spawn(["true"], name="exited", log_dir=tmp_path)
@@ -83,7 +88,28 @@ def test_a_reaped_process_leaves_the_registry(tmp_path):
         killed.kill()
         assert exited.wait(10) == 0
         assert reg.tracked() == [kept], [p.name for p in reg.tracked()]
-        assert [p["name"] for p in read_state(state)[1]] == ["kept"]
+        journal = tmp_path / "state" / f"{os.getpid()}.procs.jsonl"
+        assert [name for _, name in parse_journal(journal.read_text()).live.values()] == ["kept"]
     finally:
         reg.kill_all()
     assert reg.tracked() == []
+
+
+def test_spawned_processes_carry_the_run_token(tmp_path):
+    """The next run only kills a recorded pid whose environment shows the run's token."""
+    from pytest_qemublock.host.journal import RUN_ENV, carries_token
+
+    reg = ProcessRegistry(token="t0k3n")
+    proc = reg.spawn(["sleep", "60"], name="s", log_dir=tmp_path)
+    try:
+        # setpriv execs sleep: the pid is sleep's, its environment ours plus the token
+        # (until the child's first execve, /proc shows pytest's environment: wait for it)
+        deadline = time.monotonic() + 5
+        while not carries_token(proc.pid, "t0k3n") and time.monotonic() < deadline:
+            time.sleep(0.005)
+        assert carries_token(proc.pid, "t0k3n")
+        assert not carries_token(proc.pid, "other")
+        assert not carries_token(os.getpid(), "t0k3n")
+        assert RUN_ENV not in os.environ or os.environ[RUN_ENV] != "t0k3n"
+    finally:
+        reg.kill_all()

@@ -21,8 +21,9 @@ import itertools
 import os
 import socket
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 _counter = itertools.count(1)
 
@@ -40,7 +41,7 @@ class PortReservation:
         """Give the port up, once the server listens on it."""
         self.sock.close()
 
-    def __enter__(self) -> "PortReservation":
+    def __enter__(self) -> PortReservation:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -133,7 +134,7 @@ def recv_until(s: socket.socket, done: Callable[[bytes], bool], alive: Callable[
     while not done(buf):
         try:
             chunk = s.recv(4096)
-        except socket.timeout:
+        except TimeoutError:
             if not alive():
                 return buf, "exited"
             if deadline is not None and time.monotonic() > deadline:

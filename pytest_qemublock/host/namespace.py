@@ -13,8 +13,8 @@ from __future__ import annotations
 import os
 import signal
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from ..errors import QemuBlockError
 from .process import ManagedProcess

@@ -10,16 +10,13 @@ four independent safety nets:
    and on SIGTERM;
 3. each child runs in its own process group and gets ``PR_SET_PDEATHSIG``, so
    even a SIGKILLed pytest takes its QEMUs with it;
-4. a state file lists the live pids (with their start times) so the next run
-   can reap anything that survived an earlier, harder crash.
+4. a journal (``journal.py``) records the live pids so that the next run can
+   reap anything that survived an earlier, harder crash.
 """
 from __future__ import annotations
 
 import atexit
-import contextlib
-import ctypes
 import functools
-import json
 import os
 import select
 import shlex
@@ -28,21 +25,21 @@ import signal
 import subprocess
 import threading
 import time
-from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Iterable, Mapping, Sequence
+from typing import IO
 
 from ..errors import QemuBlockError
-from .procfs import running, start_ticks
+from .journal import RUN_ENV, StateDir, StateJournal, new_token
+from .procfs import start_ticks
+from .started import STARTED, StartCounter, program_of  # noqa: F401  (re-exported)
 
 
 class ProcessError(QemuBlockError):
     """A process failed to start, died early, or did not stop in time."""
 
 
-_PR_SET_PDEATHSIG = 1
-_libc = ctypes.CDLL(None, use_errno=True)
 
 
 def format_argv(argv: Sequence[str]) -> str:
@@ -62,47 +59,14 @@ def describe_status(returncode: int | None) -> str:
     return f"exit status {returncode}"
 
 
-class StartCounter:
-    """How many processes of each program this pytest process started since the last
-    :meth:`take`; :func:`run` and :meth:`ProcessRegistry.spawn` feed :data:`STARTED`."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._counts: Counter[str] = Counter()
-
-    def note(self, program: str) -> None:
-        with self._lock:
-            self._counts[program] += 1
-
-    def take(self) -> dict[str, int]:
-        """The counts so far, and start again from zero."""
-        with self._lock:
-            out = dict(self._counts)
-            self._counts.clear()
-        return out
-
-
-#: One per pytest process: the reporting plugin takes it per test phase.
-STARTED = StartCounter()
-
-
-def program_of(argv: Sequence[str], program: str | None) -> str:
-    """What a start counts as: *program* if the caller named it (the real program
-    behind a wrapper like nsenter), else the basename of ``argv[0]``."""
-    if program:
-        return program
-    return os.path.basename(str(argv[0])) if argv else "?"
-
-
-def _child_setup() -> None:
-    # Fallback when setpriv is missing: runs in the child between fork and exec.
-    os.setpgrp()
-    _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-
-
 @functools.lru_cache(maxsize=1)
-def _setpriv() -> str | None:
-    return shutil.which("setpriv")
+def _setpriv() -> str:
+    # PATH may be narrowed to pick the QEMU under test: util-linux's own place counts too
+    found = shutil.which("setpriv") or shutil.which("setpriv", path="/usr/bin:/bin")
+    if found is None:
+        raise ProcessError("setpriv is not installed (Debian package util-linux): every process "
+                           "is started with its death signal set by it")
+    return found
 
 
 def _popen_args(argv: list[str]) -> tuple[list[str], dict[str, object]]:
@@ -114,10 +78,7 @@ def _popen_args(argv: list[str]) -> tuple[list[str], dict[str, object]]:
     ``vfork()`` (~0.1 ms) and util-linux's ``setpriv --pdeathsig`` sets the
     death signal in the child instead (~1 ms of exec, in the child).
     """
-    setpriv = _setpriv()
-    if setpriv is None:
-        return argv, {"preexec_fn": _child_setup}
-    return [setpriv, "--pdeathsig", "SIGKILL", "--", *argv], {"process_group": 0}
+    return [_setpriv(), "--pdeathsig", "SIGKILL", "--", *argv], {"process_group": 0}
 
 
 @dataclass
@@ -134,7 +95,7 @@ class ManagedProcess:
     stop_expected: bool = False
     start_ticks: str | None = None  # /proc start time, to tell the pid from a reused one
     #: the registry that started it; told once the process is reaped
-    registry: "ProcessRegistry | None" = field(default=None, repr=False, compare=False)
+    registry: ProcessRegistry | None = field(default=None, repr=False, compare=False)
 
     @property
     def pid(self) -> int:
@@ -262,10 +223,14 @@ def _tail(path: Path, limit: int) -> str:
 class ProcessRegistry:
     """Owns every child process of this pytest process (one per xdist worker)."""
 
-    def __init__(self, state_file: Path | None = None) -> None:
+    def __init__(self, state: StateDir | None = None, token: str | None = None) -> None:
         self._lock = threading.Lock()
         self._procs: list[ManagedProcess] = []
-        self._state_file = state_file
+        #: journal of live processes for the next run to reap (None: not kept)
+        self._state = state
+        #: marks every process this registry starts (``QEMUBLOCK_RUN``), so that a
+        #: later run only ever kills processes that provably are this run's
+        self.token = token or new_token()
         self._journal: StateJournal | None = None
         self._counter = 0
         self._installed = False
@@ -317,7 +282,7 @@ class ProcessRegistry:
         out_path = log_dir / f"{stem}.stdout"
         err_path = log_dir / f"{stem}.stderr"
         env_delta = dict(env or {})
-        full_env = {**os.environ, **env_delta}
+        full_env = {**os.environ, RUN_ENV: self.token, **env_delta}
         run_argv, how = _popen_args(argv)
         with open(out_path, "wb") as out, open(err_path, "wb") as err:
             try:
@@ -374,117 +339,16 @@ class ProcessRegistry:
 
     # -- crash recovery ------------------------------------------------------
     def _write_state(self) -> None:
-        if self._state_file is None:
+        if self._state is None:
             return
         with self._lock:
             live = {p.pid: p for p in self._procs if p.popen.returncode is None}
-            journal = self._journal
-            if journal is None:
-                journal = self._journal = StateJournal(self._state_file)
             try:
-                journal.sync(live)
+                if self._journal is None:
+                    self._journal = StateJournal(self._state, self.token)
+                self._journal.sync(live)
             except OSError:
                 pass
-
-
-class StateJournal:
-    """The registry's live processes, on disk for the next run's :func:`reap_stale`.
-
-    An append-only JSON-lines journal (``{"owner": pid}``, then ``{"+": pid,
-    "start": ticks, "name": ...}`` and ``{"-": pid}``): one small ``write()`` per
-    change. Rewriting a JSON file and renaming it over the old one cost ~0.8 ms
-    per change on ext4, mostly in rename() (rename-over-existing forces the new
-    data out, ``auto_da_alloc``): ~3 s of a serial run. The journal is truncated
-    whenever nothing is live.
-    """
-
-    COMPACT_AFTER = 256  # lines
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND | os.O_CLOEXEC,
-                           0o600)
-        self._recorded: set[int] = set()
-        self._lines = 0
-        self._append({"owner": os.getpid()})
-
-    def _append(self, entry: dict[str, object]) -> None:
-        os.write(self._fd, (json.dumps(entry) + "\n").encode())
-        self._lines += 1
-
-    def sync(self, live: Mapping[int, "ManagedProcess"]) -> None:
-        """Record what changed since the last call; *live* maps pid -> process."""
-        if not live and self._lines > self.COMPACT_AFTER:
-            os.ftruncate(self._fd, 0)
-            self._recorded.clear()
-            self._lines = 0
-            self._append({"owner": os.getpid()})
-            return
-        for pid in self._recorded - live.keys():
-            self._append({"-": pid})
-        for pid in live.keys() - self._recorded:
-            self._append({"+": pid, "start": live[pid].start_ticks, "name": live[pid].name})
-        self._recorded = set(live)
-
-
-def read_state(path: Path) -> tuple[int | None, list[dict[str, object]]]:
-    """The owner pid and the processes still recorded live in a :class:`StateJournal`.
-
-    A torn last line (the owner was killed mid-write) is ignored.
-    """
-    owner: int | None = None
-    live: dict[int, dict[str, object]] = {}
-    for line in path.read_text().splitlines():
-        try:
-            entry = json.loads(line)
-        except ValueError:
-            continue
-        if "owner" in entry:
-            owner = int(entry["owner"])
-        elif "+" in entry:
-            live[int(entry["+"])] = {"pid": int(entry["+"]), "start": entry.get("start"),
-                                     "name": entry.get("name")}
-        elif "-" in entry:
-            live.pop(int(entry["-"]), None)
-    return owner, list(live.values())
-
-
-def reap_stale(state_dir: Path) -> list[str]:
-    """Kill processes recorded by earlier runs whose owner is gone.
-
-    Only a pid whose start time still matches the recorded one is killed, so a
-    reused pid is never hit. Returns a description of each process killed.
-    """
-    killed: list[str] = []
-    if not state_dir.is_dir():
-        return killed
-    for path in state_dir.glob("*.procs.jsonl"):
-        try:
-            owner, procs = read_state(path)
-        except OSError:
-            continue
-        if owner and running(owner) and owner != os.getpid():
-            continue  # that run is still alive (another concurrent session)
-        for entry in procs:
-            pid = int(entry["pid"])  # type: ignore[call-overload]
-            if entry.get("start") and start_ticks(pid) == entry["start"]:
-                if not running(pid):
-                    # Already dead (PR_SET_PDEATHSIG did its job), just not
-                    # reaped by its new parent: nothing to report. Its group
-                    # may still hold a wrapper's children.
-                    with contextlib.suppress(OSError):
-                        os.killpg(pid, signal.SIGKILL)
-                    continue
-                try:
-                    os.killpg(pid, signal.SIGKILL)
-                except OSError:
-                    try:
-                        os.kill(pid, signal.SIGKILL)
-                    except OSError:
-                        continue
-                killed.append(f"{entry.get('name')} (pid {pid})")
-        path.unlink(missing_ok=True)
-    return killed
 
 
 def run(

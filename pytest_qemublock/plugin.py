@@ -126,6 +126,9 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
     if session.reaped:
         lines.append("qemublock: killed processes left by an earlier crashed run: "
                      + ", ".join(session.reaped))
+    lines.append(session.sandbox_line)  # trust
+    if session.removed_dirs:  # trust
+        lines.append("qemublock: removed directories of dead runs: " + ", ".join(session.removed_dirs))
     try:
         builds = session.builds
     except BuildError as e:

@@ -7,6 +7,7 @@ nothing and needs no QEMU installed.
 """
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import shutil
@@ -21,6 +22,7 @@ from .qemu.build import BuildError
 from .qemu.instance import Timeouts
 from .qemu.capabilities import Capabilities, load_capabilities
 from .host.process import ProcessRegistry, reap_stale
+from .host import leftovers, sandbox
 
 if TYPE_CHECKING:
     import pytest
@@ -116,6 +118,9 @@ class QemuBlockSession:
         state_dir = Path(tempfile.gettempdir()) / f"qemublock-{os.getuid()}-procs"
         state_dir.mkdir(mode=0o700, exist_ok=True)
         self.reaped = reap_stale(state_dir)
+        # trust: dead runs' dirs go; this process's children start in a sandbox (host/sandbox.py)
+        self.removed_dirs = leftovers.sweep([SHM, tempfile.gettempdir(), "/tmp", *filter(None, [settings.basetemp])])
+        self.sandbox, self.sandbox_line = sandbox.try_enter(worker=settings.worker_id != "main")
         self.registry = ProcessRegistry(state_dir / f"{os.getpid()}.procs.jsonl")
         self.registry.install()
 
@@ -148,9 +153,11 @@ class QemuBlockSession:
         if build.name not in self._caps:
             from .qemu.probing import probe_build
 
-            self._caps[build.name] = load_capabilities(
-                build, self.settings.cache_dir,
-                lambda b: probe_build(b, self.registry, self.root / "probe", self.timeouts))
+            outside = self.sandbox.outside() if self.sandbox else contextlib.nullcontext()
+            with outside:  # trust: libgfapi crashes on a PID namespace's mismatched /proc
+                self._caps[build.name] = load_capabilities(
+                    build, self.settings.cache_dir,
+                    lambda b: probe_build(b, self.registry, self.root / "probe", self.timeouts))
         return self._caps[build.name]
 
     # -- directories --------------------------------------------------------------
@@ -168,6 +175,7 @@ class QemuBlockSession:
             prefix = f"qb-{self.settings.worker_id}-"
             self._root = Path(tempfile.mkdtemp(prefix=prefix, dir=base or None))
             os.chmod(self._root, 0o711)
+            leftovers.claim(self._root)  # trust: the next run removes it if we die
         return self._root
 
     @property
@@ -177,6 +185,7 @@ class QemuBlockSession:
             candidate = self.root / "s"
             if len(str(candidate)) > MAX_SOCKET_DIR:
                 candidate = Path(tempfile.mkdtemp(prefix="qbs-", dir="/tmp"))
+                leftovers.claim(candidate)  # trust
             candidate.mkdir(mode=0o700, exist_ok=True)
             os.chmod(candidate, 0o700)
             self._sockdir = candidate
@@ -218,6 +227,8 @@ class QemuBlockSession:
     def close(self) -> list[str]:
         """Kill leftovers and remove the run directory; returns what was leaked."""
         leaked = [p.describe() for p in self.registry.kill_all()]
+        if self.sandbox is not None:  # trust: whatever escaped the registry ends with the sandbox
+            leaked += [f"pid {pid} (not started by the registry)" for pid in self.sandbox.close()]
         if self._root is not None and not self.settings.keep_workdirs:
             shutil.rmtree(self._root, ignore_errors=True)
         if self._sockdir is not None and not str(self._sockdir).startswith(str(self._root)):

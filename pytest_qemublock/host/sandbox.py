@@ -116,6 +116,7 @@ class Sandbox:
         self._pid_fd = _open_ns(f"/proc/{init_pid}/ns/pid")
         self._net_fd = _open_ns(f"/proc/{init_pid}/ns/net")
         self._outer_net_fd: int | None = None
+        self.outer_net: str | None = None  # where we came from (the other users' network)
         self._local = threading.local()  # .outside: spawn outside (see outside())
         self.closed = False
 
@@ -178,6 +179,7 @@ class Sandbox:
     # -- lifetime -------------------------------------------------------------------
     def join_network(self) -> None:
         """Move the calling (main) thread's sockets to the sandbox's network, for good."""
+        self.outer_net = os.readlink("/proc/thread-self/ns/net")
         self._outer_net_fd = _open_ns("/proc/thread-self/ns/net")
         _setns(self._net_fd, _CLONE_NEWNET, f"/proc/{self.init_pid}/ns/net")
 

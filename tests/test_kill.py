@@ -19,10 +19,9 @@ import time
 from pathlib import Path
 
 import pytest
-
 from helpers import running
 
-pytestmark = pytest.mark.skipif(
+needs_root = pytest.mark.skipif(
     os.geteuid() != 0,
     reason="the sandbox needs root (setns into a new PID/network namespace); as another user "
            "a SIGKILLed run's processes are reaped by the next run's state journal instead")
@@ -177,6 +176,7 @@ def _removed_by_next_run(inner, infos: list[dict], dirs: list[Path]) -> None:
     assert [d for d in dirs if d.exists()] == []
 
 
+@needs_root
 def test_sigkilled_serial_run_leaves_no_process_and_next_run_removes_its_dirs(inner, monkeypatch):
     proc, infos = _start(inner, monkeypatch, 1)
     run = _of_run(_procs(), infos)
@@ -192,6 +192,7 @@ def test_sigkilled_serial_run_leaves_no_process_and_next_run_removes_its_dirs(in
     _next_run_removes(inner, infos)
 
 
+@needs_root
 def test_sigkilled_xdist_worker_takes_its_processes_only_then_controller_takes_the_rest(
         inner, monkeypatch):
     proc, infos = _start(inner, monkeypatch, 2, "-n", "2")
@@ -222,6 +223,7 @@ def test_sigkilled_xdist_worker_takes_its_processes_only_then_controller_takes_t
     _removed_by_next_run(inner, left, [Path(i[k]) for i in infos for k in ("root", "sockdir")])
 
 
+@needs_root
 def test_sigkilled_xdist_controller_takes_every_worker_along(inner, monkeypatch):
     proc, infos = _start(inner, monkeypatch, 2, "-n", "2")
     run = _of_run(_procs(), infos)
@@ -254,6 +256,7 @@ for port in map(int, sys.argv[1:]):
 '''
 
 
+@needs_root
 def test_no_other_user_reaches_a_server_of_the_run(inner, monkeypatch):
     """As uid 65534 in the host's network (where every other user is), each TCP server
     of a run refuses, while the run's own QEMUs are connected to every one of them."""
@@ -264,7 +267,7 @@ def test_no_other_user_reaches_a_server_of_the_run(inner, monkeypatch):
         assert len(ports) >= 4, f"the run has too few TCP servers to check: {ports}"
         # A Python child starts in the network we came from (host/sandbox.py).
         probe = subprocess.run([sys.executable, "-c", PROBE, *map(str, ports)],
-                               capture_output=True, text=True, timeout=60)
+                               capture_output=True, text=True, timeout=60, check=False)
         assert probe.returncode == 0, probe.stderr
         lines = probe.stdout.splitlines()
         # the network the inner run came from
@@ -279,15 +282,41 @@ def test_no_other_user_reaches_a_server_of_the_run(inner, monkeypatch):
         shutil.rmtree(inner.basetemp, ignore_errors=True)
 
 
+@needs_root
 def test_no_world_writable_file_or_dir_in_a_run(inner, monkeypatch):
     """Files and dirs a run creates (work dir, sockets dir, evidence) are not writable by others."""
     proc, infos = _start(inner, monkeypatch, 1)
     try:
         found = subprocess.run(
             ["find", infos[0]["root"], infos[0]["sockdir"], "-perm", "-o+w", "!", "-type", "l",
-             "!", "-type", "s"], capture_output=True, text=True, timeout=60).stdout.split()
+             "!", "-type", "s"], capture_output=True, text=True, timeout=60, check=False).stdout.split()
         assert found == [], f"world-writable: {found}"
     finally:
         proc.kill()
         proc.wait(10)
         shutil.rmtree(inner.basetemp, ignore_errors=True)
+
+
+TCP_SUITE = '''
+def test_tcp_target(targets):
+    targets.target("nbd-qemu-nbd-tcp", "rw")
+
+def test_unix_target(targets):
+    targets.target("nbd-qemu-nbd-unix", "rw")
+'''
+
+
+def test_tcp_backends_skip_without_a_sandbox(inner, monkeypatch):
+    """Without a sandbox (not root, or QB_SANDBOX=off), a TCP server would be open to every
+    user of the machine: TCP backends skip and say why; unix sockets (0700 dir) still run."""
+    monkeypatch.setenv("QB_SANDBOX", "off")
+    inner.suite(TCP_SUITE)
+
+    r = inner.run("-rs")
+
+    r.assert_outcomes(passed=1, skipped=1)
+    r.stdout.fnmatch_lines([
+        "qemublock: no sandbox (QB_SANDBOX=off): a SIGKILLed run's processes are only reaped by "
+        "the next run (state journal); TCP backends skip",
+        "SKIPPED * no sandbox (QB_SANDBOX=off): a TCP server would listen on the host's 127.0.0.1, "
+        "where every user of the machine can connect to it"])

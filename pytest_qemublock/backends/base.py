@@ -15,6 +15,7 @@ from typing import Any, Callable
 from ..qemu.build import QemuBuild
 from ..storage.local import StorageUnavailable
 from ..host.namespace import NamespaceError
+from ..host import sandbox
 from .server import ServerError
 from ..storage.images import Image, ImageFactory, Tools
 from ..qemu.instance import QemuInstance, Wrapper
@@ -223,6 +224,8 @@ class Provisioner:
         if storage not in b.storages:
             raise ValueError(f"backend {backend} has no storage {storage!r} ({', '.join(b.storages)})")
         reason = b.unavailable(self.build, storage)
+        if not reason and b.name != "file" and getattr(b, "transport", "tcp") == "tcp":  # trust
+            reason = sandbox.loopback_shared()
         if reason:
             pytest.skip(reason)
         try:

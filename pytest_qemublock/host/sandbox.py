@@ -24,8 +24,17 @@ executors). So the switch is made per spawn, around
 ``subprocess.Popen._execute_child`` (every Popen of the process: ours,
 testinfra's, execnet's), two ``setns()`` calls of a few microseconds.
 
-Only root can ``setns()``; elsewhere :func:`enter` says why not, and the state
-journal (:func:`.process.reap_stale`) stays the only net.
+Only root can ``setns()``; elsewhere :func:`enter` says why not, the state
+journal (:func:`.process.reap_stale`) stays the only net for processes, and
+TCP backends skip (:func:`loopback_shared`). A per-spawn ``unshare --user
+--map-current-user --pid --fork --kill-child`` wrapper would work for a normal
+user (+0.5-0.9 ms per spawn, measured), but then the spawned pid is unshare's,
+not the server's or QEMU's that fdinfo checks and namespace lookups need.
+
+A child of the sandbox sees the host's /proc with its namespace pid: a pid it
+reports (``$!``, a pid file) is not the host's, and a program that reads
+``/proc/<its own pid>`` fails (see :meth:`Sandbox.outside`). ``/proc/self``
+and the pids pytest gets from ``fork()`` are right.
 """
 from __future__ import annotations
 
@@ -260,9 +269,7 @@ def unavailable_reason() -> str | None:
     if sys.platform != "linux":
         return "not Linux"
     if os.geteuid() != 0:
-        return ("not root: setns() into a new PID/network namespace needs CAP_SYS_ADMIN; the "
-                "processes of a SIGKILLed run are only reaped by the next run (state journal) "
-                "and TCP servers listen on the host's 127.0.0.1")
+        return "not root: setns() into a new PID/network namespace needs CAP_SYS_ADMIN"
     if threading.current_thread() is not threading.main_thread():
         return "not on the main thread, which creates the listening sockets"
     return None
@@ -319,10 +326,21 @@ def enter(timeout: float = 10.0, die_with_parent: bool = False) -> Sandbox:
     return box
 
 
+def loopback_shared() -> str | None:
+    """Why a TCP server started now would be reachable by every user of the machine
+    (a skip reason), or None when it listens in this process's sandbox."""
+    if _stack and not _stack[-1].closed:
+        return None
+    why = unavailable_reason() or "it could not be set up: see the report header"
+    return (f"no sandbox ({why}): a TCP server would listen on the host's 127.0.0.1, "
+            "where every user of the machine can connect to it")
+
+
 def try_enter(worker: bool = False) -> tuple[Sandbox | None, str]:
     """:func:`enter`, or None; and the report header's line saying which and why."""
     try:
         box = enter(die_with_parent=worker)
     except (SandboxError, OSError) as e:
-        return None, f"qemublock: no sandbox ({e})"
+        return None, (f"qemublock: no sandbox ({e}): a SIGKILLed run's processes are only reaped "
+                      "by the next run (state journal); TCP backends skip")
     return box, box.describe()

@@ -128,7 +128,8 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
                      + ", ".join(session.reaped))
     lines.append(session.sandbox_line)  # trust
     if session.removed_dirs:  # trust
-        lines.append("qemublock: removed directories of dead runs: " + ", ".join(session.removed_dirs))
+        lines.append("qemublock: removed directories of dead runs: "
+                     + ", ".join(session.removed_dirs))
     try:
         builds = session.builds
     except BuildError as e:

@@ -119,7 +119,7 @@ class QemuBlockSession:
         state_dir.mkdir(mode=0o700, exist_ok=True)
         self.reaped = reap_stale(state_dir)
         # trust: dead runs' dirs go; this process's children start in a sandbox (host/sandbox.py)
-        self.removed_dirs = leftovers.sweep([SHM, tempfile.gettempdir(), "/tmp", *filter(None, [settings.basetemp])])
+        self.removed_dirs = leftovers.sweep(leftovers.bases(settings.basetemp))
         self.sandbox, self.sandbox_line = sandbox.try_enter(worker=settings.worker_id != "main")
         self.registry = ProcessRegistry(state_dir / f"{os.getpid()}.procs.jsonl")
         self.registry.install()

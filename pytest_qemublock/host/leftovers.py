@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import tempfile
 import time
 from collections.abc import Iterable
 from pathlib import Path
@@ -66,6 +67,13 @@ def _owner_gone(directory: Path, now: float) -> str | None:
     if pid == os.getpid() or (start is not None and _start_ticks(pid) == start):
         return None
     return f"pid {pid} gone"
+
+
+def bases(basetemp: str | None) -> list[Path]:
+    """Where a run's directories may be: /dev/shm (the default base), ``$TMPDIR``,
+    /tmp (socket dirs) and *basetemp* (``--qb-basetemp``)."""
+    out = [Path("/dev/shm"), Path(tempfile.gettempdir()), Path("/tmp")]
+    return out + ([Path(basetemp)] if basetemp else [])
 
 
 def sweep(bases: Iterable[Path | str]) -> list[str]:

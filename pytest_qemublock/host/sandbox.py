@@ -219,7 +219,8 @@ class Sandbox:
             self._outer_net_fd = None
         if self.holder.poll() is None:
             self.holder.kill()  # its death signal kills the init, and the kernel the rest
-            self.holder.wait(5)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.holder.wait(5)
         os.close(self._pid_fd)
         os.close(self._net_fd)
         return left

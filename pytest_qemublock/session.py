@@ -175,7 +175,7 @@ class QemuBlockSession:
             prefix = f"qb-{self.settings.worker_id}-"
             self._root = Path(tempfile.mkdtemp(prefix=prefix, dir=base or None))
             os.chmod(self._root, 0o711)
-            leftovers.claim(self._root)  # trust: the next run removes it if we die
+            leftovers.claim(self._root, keep=self.settings.keep_workdirs)  # trust: removed if we die
         return self._root
 
     @property

@@ -34,6 +34,7 @@ def test_sweep_removes_dead_runs_dirs_only(tmp_path):
         old = _dir(tmp_path, "qb-main-old", age=leftovers.UNMARKED_AFTER + 60)
         fresh = _dir(tmp_path, "qb-main-fresh")  # an older plugin's live run, or before claim()
         other = _dir(tmp_path, "unrelated-dir", {"pid": dead.pid, "start": "1"})
+        kept = _dir(tmp_path, "qb-main-kept", {"pid": dead.pid, "start": "1", "keep": True})
         mine = _dir(tmp_path, "qb-main-mine")
         leftovers.claim(mine)
 
@@ -44,7 +45,7 @@ def test_sweep_removes_dead_runs_dirs_only(tmp_path):
             f"{reused} (pid {live.pid} gone)", f"{old} (no owner, untouched for 1.0 h)"])
         for d in (gone, sock, reused, old):
             assert not d.exists()
-        for d in (busy, fresh, other, mine):
+        for d in (busy, fresh, other, mine, kept):
             assert d.exists()
     finally:
         live.kill()

@@ -34,12 +34,13 @@ def _start_ticks(pid: int) -> str | None:
     return None if fields[0] in ("Z", "X") else fields[19]
 
 
-def claim(directory: Path) -> None:
-    """Mark *directory* as this process's, for :func:`sweep` in later runs."""
+def claim(directory: Path, keep: bool = False) -> None:
+    """Mark *directory* as this process's, for :func:`sweep` in later runs; *keep*
+    (``--qb-keep-workdirs``): never removed."""
     pid = os.getpid()
     fd = os.open(directory / OWNER_FILE, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
     with os.fdopen(fd, "w") as f:
-        json.dump({"pid": pid, "start": _start_ticks(pid)}, f)
+        json.dump({"pid": pid, "start": _start_ticks(pid), **({"keep": True} if keep else {})}, f)
 
 
 def _owner_gone(directory: Path, now: float) -> str | None:
@@ -64,7 +65,7 @@ def _owner_gone(directory: Path, now: float) -> str | None:
         pid, start = int(owner["pid"]), owner.get("start")
     except (OSError, ValueError, KeyError, TypeError):
         return None
-    if pid == os.getpid() or (start is not None and _start_ticks(pid) == start):
+    if owner.get("keep") or pid == os.getpid() or (start is not None and _start_ticks(pid) == start):
         return None
     return f"pid {pid} gone"
 

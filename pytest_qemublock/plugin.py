@@ -155,7 +155,8 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
 
 
 def _reap_lines(session: QemuBlockSession) -> list[str]:
-    """What activation found of earlier runs: processes killed, journals not trusted."""
+    """What activation found and did: earlier runs' processes killed, journals not trusted,
+    dead runs' dirs removed; whether children run in a sandbox."""
     if not session.active:
         return []
     session.reaped_reported = True
@@ -163,4 +164,8 @@ def _reap_lines(session: QemuBlockSession) -> list[str]:
     if session.reaped:
         lines.append("qemublock: killed processes left by an earlier crashed run: "
                      + ", ".join(session.reaped))
+    if session.removed_dirs:
+        lines.append("qemublock: removed directories of dead runs: " + ", ".join(session.removed_dirs))
+    if session.sandbox_line:
+        lines.append(session.sandbox_line)
     return lines

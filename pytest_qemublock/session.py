@@ -9,6 +9,7 @@ registry is first used (:meth:`QemuBlockSession.activate`).
 """
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import shutil
@@ -25,6 +26,7 @@ from .host.process import ProcessRegistry
 from .qemu.build import BuildError, QemuBuild, resolve_builds
 from .qemu.capabilities import Capabilities, load_capabilities
 from .qemu.instance import Timeouts
+from .host import leftovers, sandbox
 
 SESSION_KEY = pytest.StashKey["QemuBlockSession"]()
 EVIDENCE_KEY = pytest.StashKey[TestEvidence]()
@@ -75,6 +77,11 @@ class QemuBlockSession:
         self.reaped: list[str] = []
         #: journals of earlier runs that could not be fully read (corrupt, not ours)
         self.reap_warnings: list[str] = []
+        #: work and socket dirs of dead runs removed on activation
+        self.removed_dirs: list[str] = []
+        #: the PID + network namespaces children start in (None: none, see sandbox_line)
+        self.sandbox: sandbox.Sandbox | None = None
+        self.sandbox_line = ""
         self.reaped_reported = False
 
     # -- activation -------------------------------------------------------------
@@ -92,6 +99,9 @@ class QemuBlockSession:
         state = StateDir(default_state_dir())  # StateDirError: not private, refused
         reaped = reap_stale(state)
         self.reaped, self.reap_warnings = reaped.killed, reaped.warnings
+        # dead runs' dirs go; this process's children start in a sandbox (host/sandbox.py)
+        self.removed_dirs = leftovers.sweep(leftovers.bases(self.settings.basetemp))
+        self.sandbox, self.sandbox_line = sandbox.try_enter(worker=self.settings.worker_id != "main")
         registry = ProcessRegistry(state, new_token())
         registry.install()
         self._registry = registry
@@ -132,9 +142,13 @@ class QemuBlockSession:
         if build.name not in self._caps:
             from .qemu.probing import probe_build
 
-            self._caps[build.name] = load_capabilities(
-                build, self.settings.cache_dir,
-                lambda b: probe_build(b, self.registry, self.root / "probe", self.timeouts))
+            self.activate()  # the sandbox is known from here on
+
+            outside = self.sandbox.outside() if self.sandbox else contextlib.nullcontext()
+            with outside:  # trust: libgfapi crashes on a PID namespace's mismatched /proc
+                self._caps[build.name] = load_capabilities(
+                    build, self.settings.cache_dir,
+                    lambda b: probe_build(b, self.registry, self.root / "probe", self.timeouts))
         return self._caps[build.name]
 
     # -- directories --------------------------------------------------------------
@@ -152,6 +166,7 @@ class QemuBlockSession:
             prefix = f"qb-{self.settings.worker_id}-"
             self._root = Path(tempfile.mkdtemp(prefix=prefix, dir=base or None))
             os.chmod(self._root, 0o711)
+            leftovers.claim(self._root, keep=self.settings.keep_workdirs)  # trust: removed if we die
         return self._root
 
     @property
@@ -161,6 +176,7 @@ class QemuBlockSession:
             candidate = self.root / "s"
             if len(str(candidate)) > MAX_SOCKET_DIR:
                 candidate = Path(tempfile.mkdtemp(prefix="qbs-", dir="/tmp"))
+                leftovers.claim(candidate)  # trust
             candidate.mkdir(mode=0o700, exist_ok=True)
             os.chmod(candidate, 0o700)
             self._sockdir = candidate
@@ -202,6 +218,8 @@ class QemuBlockSession:
     def close(self) -> list[str]:
         """Kill leftovers and remove the run directory; returns what was leaked."""
         leaked = [p.describe() for p in self._registry.kill_all()] if self._registry else []
+        if self.sandbox is not None:  # whatever escaped the registry ends with the sandbox
+            leaked += [f"pid {pid} (not started by the registry)" for pid in self.sandbox.close()]
         if self._root is not None and not self.settings.keep_workdirs:
             shutil.rmtree(self._root, ignore_errors=True)
         if self._sockdir is not None and not str(self._sockdir).startswith(str(self._root)):

@@ -18,19 +18,19 @@ NBD servers and transports a bare protocol node over QMP (the server, not the
 interface, is what differs there).
 """
 import json
-import os
 import shutil
 import tempfile
 from pathlib import Path
 
 import pytest
 
-from pytest_qemublock.host import procfs
+from pytest_qemublock.host import leftovers, procfs
 from pytest_qemublock.scenario import matrix
 from pytest_qemublock.scenario import drive, outcome
 from pytest_qemublock.backends import registry
 from pytest_qemublock.expectations import degrade
 from pytest_qemublock.storage.images import Pattern
+from pytest_qemublock.storage.local import qemu_socket_dir
 
 pytestmark = pytest.mark.degrade
 
@@ -79,13 +79,13 @@ def described(case, target, opts):
 
 @pytest.fixture
 def export_sock(qb_evidence):
-    """A unix socket path for the NBD server of the QEMU under test, in a directory any uid
-    can create sockets in (an eacces QEMU runs as nobody)."""
+    """A unix socket path for the NBD server of the QEMU under test, in a directory the
+    QEMU can create sockets in (an eacces QEMU runs as nobody) and no other user can reach."""
     d, tmp = qb_evidence.workdir / "nbd", None
     if len(str(d / "e.sock")) > 100:  # sun_path holds 108 bytes
         d = tmp = Path(tempfile.mkdtemp(prefix="qbd-", dir="/tmp"))
-    d.mkdir(exist_ok=True)
-    os.chmod(d, 0o1777)
+        leftovers.claim(d)  # removed by the next run if this one dies
+    qemu_socket_dir(d)
     yield d / "e.sock"
     if tmp is not None:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -28,9 +28,12 @@ def test_no_killpg_after_the_leader_was_reaped(tmp_path, monkeypatch):
 def test_exit_is_seen_without_reaping_until_the_group_is_killed(tmp_path):
     """alive() notices the exit, and the group (a wrapper's child here) dies before the reap."""
     reg = ProcessRegistry(StateDir(tmp_path / "state"))
-    # The shell exits at once, leaving its background child in the group.
-    proc = reg.spawn(["sh", "-c", "sleep 60 & echo $! > child; exit 3"], name="wrapper",
-                     log_dir=tmp_path, cwd=tmp_path)
+    # The shell exits at once, leaving its background child in the group. The child
+    # writes its pid as /proc has it (cd -P /proc/self): $! would be its pid in the
+    # sandbox's PID namespace (host/sandbox.py), another process's outside.
+    proc = reg.spawn(["sh", "-c", '( cd -P /proc/self && echo "${PWD#/proc/}" > "$0" && exec sleep 60 ) & '
+                      'while [ ! -s "$0" ]; do :; done; exit 3', str(tmp_path / "child")],
+                     name="wrapper", log_dir=tmp_path, cwd=tmp_path)
     assert proc.wait_exit(10)
     child = int((tmp_path / "child").read_text())
     assert proc.returncode == 3

@@ -90,6 +90,9 @@ class Backend:
     name = ""
     driver = ""
     storages: tuple[str, ...] = ()
+    #: its server listens on 127.0.0.1: only safe inside the run's sandbox
+    #: (host/sandbox.py), where no other user of the machine can connect
+    listens_on_tcp = False
 
     def unavailable(self, build: QemuBuild, storage: str) -> str | None:
         """Why this backend cannot run here (a skip reason that says what to install)."""

@@ -153,6 +153,7 @@ class HttpBackend(Backend):
     name = "http"
     driver = "http"
     storages = ("ro",)
+    listens_on_tcp = True
 
     def unavailable(self, build: QemuBuild, storage: str) -> str | None:
         if nginx_binary() is None:

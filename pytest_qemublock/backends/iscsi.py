@@ -225,6 +225,7 @@ class IscsiBackend(Backend):
     name = "iscsi"
     driver = "iscsi"
     storages = ("rw", "ro")
+    listens_on_tcp = True
 
     def unavailable(self, build: QemuBuild, storage: str) -> str | None:
         missing = missing_tools()

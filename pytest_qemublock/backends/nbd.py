@@ -213,6 +213,7 @@ class NbdBackend(Backend):
         self.name = f"nbd-{server}-{transport}"
         self.server = server
         self.transport = transport
+        self.listens_on_tcp = transport == "tcp"
         self._start = start
         self._needs = needs
 

@@ -6,6 +6,7 @@ from typing import Protocol
 
 import pytest
 
+from ..host import sandbox
 from ..qemu.build import QemuBuild
 from ..qemu.capabilities import Capabilities
 from ..qemu.instance import QemuInstance
@@ -57,6 +58,8 @@ class Provisioner:
         if storage not in b.storages:
             raise ValueError(f"backend {backend} has no storage {storage!r} ({', '.join(b.storages)})")
         reason = b.unavailable(self.build, storage)
+        if reason is None and b.listens_on_tcp:
+            reason = sandbox.loopback_shared()
         if reason:
             pytest.skip(reason)
         self._skip_unless_driver_loads(b.driver)

@@ -267,6 +267,7 @@ class SshBackend(Backend):
     name = "ssh"
     driver = "ssh"
     storages = ("rw", "ro")
+    listens_on_tcp = True
 
     def unavailable(self, build: QemuBuild, storage: str) -> str | None:
         missing = missing_tools()

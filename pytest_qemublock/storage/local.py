@@ -160,19 +160,38 @@ class EaccesStorage(Storage):
     def _chmod_all(self, mode: int) -> None:
         for p in self.directory.iterdir():
             if p.is_file():
-                os.chmod(p, mode)
+                _set_mode(p, mode)
 
     def make_readonly(self) -> None:
         self._chmod_all(0o444)
         self.readonly = True
 
     def make_writable(self) -> None:
-        self._chmod_all(0o666)
+        self._chmod_all(0o644)
         self.readonly = False
 
     def protect(self, path: Path) -> None:
         """Apply the current mode to a file created after the last flip."""
-        os.chmod(path, 0o444 if self.readonly else 0o666)
+        _set_mode(path, 0o444 if self.readonly else 0o644)
+
+
+def _set_mode(path: Path, mode: int) -> None:
+    # Writable for the unprivileged QEMU as its owner, not for everyone (0666):
+    # 0444 refuses its O_RDWR open all the same, owner or not.
+    if mode & 0o200:
+        os.chown(path, UNPRIVILEGED, UNPRIVILEGED)
+    os.chmod(path, mode)
+
+
+def qemu_socket_dir(path: Path) -> Path:
+    """Create *path* (0700) where any QEMU of a test may create a unix socket and no
+    other user can reach one: owned by the ``eacces`` QEMU's uid when we are root
+    (root's QEMU needs no permission), else by us. Instead of a world-writable dir."""
+    path.mkdir(mode=0o700, exist_ok=True)
+    if os.geteuid() == 0:
+        os.chown(path, UNPRIVILEGED, UNPRIVILEGED)
+    os.chmod(path, 0o700)
+    return path
 
 
 @functools.lru_cache(maxsize=None)

@@ -37,7 +37,7 @@ from pathlib import Path
 
 import pytest
 
-from pytest_qemublock.host.listeners import tcp_listeners
+from pytest_qemublock.host.procfs import tcp_listeners
 from pytest_qemublock.storage.local import qemu_socket_dir
 
 SERVERS = {servers!r}
@@ -179,7 +179,8 @@ def _next_run_removes(inner, infos: list[dict]) -> None:
 
 
 def _removed_by_next_run(inner, infos: list[dict], dirs: list[Path]) -> None:
-    inner.suite("def test_plain():\n    pass\n", name="test_next")
+    # a run that uses the plugin (it is inert otherwise): its activation sweeps
+    inner.suite("def test_plain(qb_session):\n    pass\n", name="test_next")
     r = inner.run("test_next.py")
     shutil.rmtree(inner.basetemp, ignore_errors=True)
     assert r.ret == 0, r.stdout.str()

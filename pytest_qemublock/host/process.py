@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import IO
 
 from ..errors import QemuBlockError
+from . import sandbox
 from .journal import RUN_ENV, StateDir, StateJournal, new_token
 from .procfs import start_ticks
 from .started import STARTED, StartCounter, program_of  # noqa: F401  (re-exported)
@@ -286,17 +287,10 @@ class ProcessRegistry:
         run_argv, how = _popen_args(argv)
         with open(out_path, "wb") as out, open(err_path, "wb") as err:
             try:
-                popen = subprocess.Popen(  # type: ignore[call-overload]
-                    run_argv,
-                    stdin=stdin,
-                    stdout=out,
-                    stderr=err,
-                    env=full_env,
-                    cwd=cwd,
-                    pass_fds=tuple(pass_fds),
-                    close_fds=True,
-                    **how,
-                )
+                with sandbox.ours():  # the run's own: into its sandbox, if there is one
+                    popen = subprocess.Popen(  # type: ignore[call-overload]
+                        run_argv, stdin=stdin, stdout=out, stderr=err, env=full_env, cwd=cwd,
+                        pass_fds=tuple(pass_fds), close_fds=True, **how)
             except OSError as e:
                 raise ProcessError(f"cannot start {name}: {e.strerror}: {format_argv(argv)}") from None
         STARTED.note(program_of(argv, program))
@@ -369,14 +363,10 @@ def run(
     full_env = {**os.environ, **(env or {})}
     run_argv, how = _popen_args(argv)
     try:
-        proc = subprocess.Popen(  # type: ignore[call-overload]
-            run_argv,
-            stdin=subprocess.PIPE if input is not None else subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            env=full_env,
-            **how,
-        )
+        with sandbox.ours():
+            proc = subprocess.Popen(  # type: ignore[call-overload]
+                run_argv, stdin=subprocess.PIPE if input is not None else subprocess.DEVNULL,
+                stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=full_env, **how)
     except OSError as e:
         raise ProcessError(f"cannot run {format_argv(argv)}: {e.strerror}") from None
     STARTED.note(program_of(argv, program))

@@ -22,7 +22,8 @@ while it differs from the caller's own, the kernel refuses to create a thread
 (kernel/fork.c ``copy_process``: ``CLONE_THREAD`` -> EINVAL; execnet, asyncio
 executors). So the switch is made per spawn, around
 ``subprocess.Popen._execute_child`` (every Popen of the process: ours,
-testinfra's, execnet's), two ``setns()`` calls of a few microseconds.
+testinfra's, execnet's), two ``setns()`` calls of a few microseconds; only the
+run's own processes (started by ``process.py`` under :func:`ours`) go in.
 
 Only root can ``setns()``; elsewhere :func:`enter` says why not, the state
 journal (:func:`.process.reap_stale`) stays the only net for processes, and
@@ -250,11 +251,33 @@ def _is_python(args: Any) -> bool:
     return os.path.basename(first).startswith("python") or first == sys.executable
 
 
+_ours = threading.local()  # .on: the thread is starting a process of the run (process.py)
+
+
+@contextlib.contextmanager
+def ours() -> Iterator[None]:
+    """Processes this thread starts inside the block are the run's own (QEMU, servers,
+    tools: ``process.py`` starts them all): they go into the sandbox. Other programs
+    (testinfra's ``ps``/``ss``, pip) start in the host's PID namespace: procps reads
+    ``/proc/<its own pid>`` ("fatal library error, lookup self" in the sandbox)."""
+    was = getattr(_ours, "on", False)
+    _ours.on = True
+    try:
+        yield
+    finally:
+        _ours.on = was
+
+
 def _execute_child(self: subprocess.Popen[Any], args: Any, *rest: Any, **kwargs: Any) -> Any:
     box = _stack[-1] if _stack else None
     if box is None:
         return _original_execute_child(self, args, *rest, **kwargs)
-    with box.host_network() if _is_python(args) else box.spawning():
+    if _is_python(args):
+        with box.host_network():
+            return _original_execute_child(self, args, *rest, **kwargs)
+    if not getattr(_ours, "on", False):
+        return _original_execute_child(self, args, *rest, **kwargs)
+    with box.spawning():
         return _original_execute_child(self, args, *rest, **kwargs)
 
 

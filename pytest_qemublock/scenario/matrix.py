@@ -23,6 +23,7 @@ SCENARIOS = {
     "jobs": "block jobs reopening backing nodes read-write",
     "defaults": "defaults and inheritance (-drive, backing children, tools)",
     "servers": "protocol servers and storage behave as the matrix assumes",
+    "fallback": "drivers that fall back to read-only only under auto-read-only (vvfat)", "snapshot": "snapshot=on: a writable temporary overlay over read-only storage", "hostdev": "host_device on a read-only loop device", "inactive": "inactive nodes (blockdev-set-active) refuse writers",
 }
 
 INTERFACES = ("blockdev", "drive", "qmp", "qsd")

@@ -68,7 +68,7 @@ def refused(variant: str, chain: Chain, caps: Capabilities) -> Expect:
     if when == "after":
         why = (f"{source}, in block/commit.c commit_start after the base was reopened read-write; "
                "its fail: path reopens the base read-only again (bdrv_reopen_set_read_only(base, true), "
-               "065abf9f2b) and job_early_fail drops the job, so base-fmt is ro=true with an O_RDONLY fd again")
+               "065abf9f2b) and job_early_fail drops the job, so base-fmt is ro=true, O_RDONLY fd again")
     else:
         why = f"{source}, in block/commit.c commit_start before the base is reopened"
     exp = rules.refused(re.escape(text), why)

@@ -80,10 +80,12 @@ def test_inactive_node(case, targets, qemu, qemu_build, qemu_caps, qemu_tools, q
         f"{rules.NBD_WRITE_REFUSED!r}\n  because:  {rules.NBD_WRITE_BECAUSE}\n  QEMU did: {wrote.describe()}")
     pattern = target.image.patterns[0]
     read = qemu_tools.io_command(f"read {pattern.io_args()}", "-r", "--image-opts", export_spec(sock, "e0"))
-    assert read.pattern_ok, (f"read {pattern.io_args()} through export e0 of the inactive n0 [build {build}]: "
+    assert read.pattern_ok, (f"read {pattern.io_args()} through export e0 of the inactive n0 "
+                             f"[build {build}]: "
                              f"expected the image's pattern\n  because:  {rules.NBD_WRITE_BECAUSE}\n"
                              f"  QEMU did: {read.describe()}")
-    check_state(vm, target, rules.export_allow_inactive(), f"after the client's write and read, {where}", build)
+    check_state(vm, target, rules.export_allow_inactive(), f"after the client's write and read, {where}",
+                build)
 
 
 def writer_on_inactive(case, vm, qemu, build, caps, where):
@@ -94,7 +96,8 @@ def writer_on_inactive(case, vm, qemu, build, caps, where):
     except ProcessError:
         # QEMU died: reap it here so the qemu fixture does not report the same death again
         vm.proc.wait_exit(vm.timeouts.shutdown)
-        got = outcome.Outcome(False, died=describe_status(vm.proc.returncode), stderr=vm.proc.stderr_text(4000))
+        got = outcome.Outcome(False, died=describe_status(vm.proc.returncode),
+                              stderr=vm.proc.stderr_text(4000))
         vm.proc.stop()
         qemu.instances.remove(vm)
         qemu.registry.forget(vm.proc)

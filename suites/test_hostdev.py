@@ -33,7 +33,8 @@ CASES = sorted(
     [p for iface in matrix.INTERFACES for ro, aro in OPTS
      for p in matrix.cases(backend_storage=PAIR, fmt=["proto"], interface=[iface], ro=[ro], aro=[aro])]
     + [p for fmt in ("raw", "qcow2") for iface in ("qmp", "drive")
-       for ro, aro in [(False, True), (None, None)] for p in matrix.cases(backend_storage=PAIR, fmt=[fmt], interface=[iface], ro=[ro], aro=[aro])],
+       for ro, aro in [(False, True), (None, None)]
+       for p in matrix.cases(backend_storage=PAIR, fmt=[fmt], interface=[iface], ro=[ro], aro=[aro])],
     key=lambda p: p.id)
 WRITE = Pattern(0x77, "0", "512")
 

@@ -9,8 +9,9 @@ fallbacks", 3.1) vvfat switched to read-only silently. ``-drive`` defaults
 ``auto-read-only`` to on (blockdev.c ``blockdev_init`` / ``drive_new``
 ``BDRV_O_AUTO_RDONLY``), ``-blockdev``/``blockdev-add``/qsd to off. A node
 that degraded is ro=true, so a writer attaching later is refused by block.c
-``bdrv_node_refresh_perm``: ``Block node is read-only``. The bochs, cloop and
-dmg formats use the same call (same text); vmdk's seSparse subformat says
+``bdrv_node_refresh_perm``: ``Block node is read-only``. The bochs format
+does the same first thing in ``bochs_open`` (covered, with an image the suite
+writes itself); cloop and dmg too (same text), and vmdk's seSparse subformat says
 ``No write support for seSparse images available``; rbd (snapshots) and
 gluster need servers this harness does not run. Checked against 7.2.22 and
 10.0.2.
@@ -23,8 +24,13 @@ from ..scenario.outcome import Expect
 from .common import NODE_IS_READ_ONLY
 
 IMAGE_IS_READ_ONLY = "Image is read-only"
-APPLY = ("block/vvfat.c vvfat_open -> block.c bdrv_apply_auto_read_only(bs, NULL, errp) "
-         "(eaa2410f1e)")
+#: driver -> the function that applies auto-read-only (all: errmsg NULL, so the default text)
+OPENERS = {"vvfat": "block/vvfat.c vvfat_open", "bochs": "block/bochs.c bochs_open (before it even "
+                                                          "opens its file child)"}
+
+
+def _apply(driver: str) -> str:
+    return f"{OPENERS[driver]} -> block.c bdrv_apply_auto_read_only(bs, NULL, errp) (eaa2410f1e)"
 
 
 def effective(interface: str, ro: bool | None, aro: bool | None) -> tuple[bool, bool]:
@@ -32,18 +38,20 @@ def effective(interface: str, ro: bool | None, aro: bool | None) -> tuple[bool, 
     return bool(ro), (interface == "drive") if aro is None else aro
 
 
-def expect_open(interface: str, ro: bool | None, aro: bool | None) -> Expect:
-    """Open vvfat node n0 over a host directory, without ``rw``."""
+def expect_open(interface: str, ro: bool | None, aro: bool | None, driver: str = "vvfat") -> Expect:
+    """Open node n0 of *driver*: vvfat over a host directory (without ``rw``), or a bochs
+    image; either cannot write at all, on any storage."""
     read_only, auto = effective(interface, ro, aro)
+    apply = _apply(driver)
     if read_only:
         return Expect(True, ro={"n0": True},
-                      because=f"read-only=on: {APPLY} returns at once for a read-only open")
+                      because=f"read-only=on: {apply} returns at once for a read-only open")
     if auto:
         why = "-drive defaults auto-read-only to on" if aro is None else "auto-read-only=on"
         return Expect(True, ro={"n0": True},
-                      because=f"{why}: {APPLY} clears BDRV_O_RDWR, so the node is ro=true")
+                      because=f"{why}: {apply} clears BDRV_O_RDWR, so the node is ro=true")
     return Expect(False, re.escape(IMAGE_IS_READ_ONLY), because=(
-        f"read-write without auto-read-only: {APPLY} fails with its default text"))
+        f"read-write without auto-read-only: {apply} fails with its default text"))
 
 
 def expect_writer_refused(opened: Expect) -> Expect:

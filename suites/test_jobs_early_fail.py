@@ -4,7 +4,8 @@ On the jobs chain (suites/test_jobs.py: base-fmt and mid-fmt read-only=on,
 file nodes auto-read-only=on) a ``block-commit`` of mid into base gets an
 argument that commit_start refuses after it reopened the base read-write
 (an invalid or a duplicate ``filter-node-name``) or before (a negative
-``speed``). Each time: the exact error, base-fmt ``ro=true`` and its file's
+``speed``); an active ``block-commit`` of top into base gets the same
+arguments, all refused after its reopen. Each time: the exact error, base-fmt ``ro=true`` and its file's
 fd O_RDONLY again, no job left, and every layer bit-identical once QEMU quit.
 """
 import pytest

@@ -23,7 +23,7 @@ CASES = matrix.cases(backend_storage=matrix.backend_storages(["file"]), fmt=["ch
 
 
 @pytest.mark.parametrize("case", CASES)
-def test_commit_fails_early_base_stays_read_only(case, qemu, qemu_build, qemu_caps, qemu_tools, targets,
+def test_job_fails_early_layer_stays_read_only(case, qemu, qemu_build, qemu_caps, qemu_tools, targets,
                                                   qb_evidence):
     variant = case.variant.removeprefix("commit-")
     if variant.startswith("stream-") and not qemu_caps.has_command("block-stream"):

@@ -1,17 +1,19 @@
-"""Drivers whose read-only fallback needs auto-read-only: vvfat over a host directory, bochs.
+"""Drivers whose read-only fallback needs auto-read-only: vvfat over a host directory, bochs, cloop.
 
 A vvfat node (no ``rw=on``) is opened through -blockdev, -drive, blockdev-add
 and qemu-storage-daemon with read-only / auto-read-only on, off and unset: a
 read-write open without auto-read-only fails with ``Image is read-only``,
 auto-read-only=on (and -drive's default) degrades it to ro=true, read-only=on
 opens ro=true. A writer attaching to an opened node is refused and the
-directory is unchanged afterwards. The bochs format (which QEMU cannot
-write either) behaves the same on a writable file: a bochs image written
-by the suite itself (block/bochs.c's layout), read back through the node.
+directory is unchanged afterwards. The bochs and cloop formats (which QEMU
+cannot write either) behave the same on a writable file: images the suite
+writes itself (block/bochs.c's and block/cloop.c's layouts), read back
+through the node.
 """
 import hashlib
 import json
 import struct
+import zlib
 
 import pytest
 
@@ -27,22 +29,36 @@ CASES = sorted((p for iface in matrix.INTERFACES for ro, aro in OPTS
                 for p in matrix.cases(backend_storage=[("vvfat", "dir")], interface=[iface],
                                       ro=[ro], aro=[aro])),
                key=lambda p: p.id)
-BOCHS_CASES = sorted((p for iface in matrix.INTERFACES for ro, aro in OPTS
-                      for p in matrix.cases(backend_storage=[("file", "rw")], fmt=["bochs"],
-                                            interface=[iface], ro=[ro], aro=[aro])),
-                     key=lambda p: p.id)
-BOCHS_DATA = Pattern(0x5A, "0", "64k")
+FORMAT_CASES = sorted((p for fmt in ("bochs", "cloop") for iface in matrix.INTERFACES for ro, aro in OPTS
+                       for p in matrix.cases(backend_storage=[("file", "rw")], fmt=[fmt],
+                                             interface=[iface], ro=[ro], aro=[aro])),
+                      key=lambda p: p.id)
+DATA = Pattern(0x5A, "0", "64k")
 
 
 def bochs_image(path, size=1 << 20, extent=64 << 10):
     """A bochs "Redolog/Growing" image (block/bochs.c struct bochs_header, version 2) of *size*
-    bytes whose first extent holds BOCHS_DATA; the other extents are unallocated."""
+    bytes whose first extent holds DATA; the other extents are unallocated."""
     entries = size // extent
     header = struct.pack("<32s16s16sIIIII I Q", b"Bochs Virtual HD Image", b"Redolog", b"Growing",
                          0x00020000, 512, entries, 512, extent, 0, size).ljust(512, b"\0")
     catalog = struct.pack(f"<{entries}I", 0, *([0xFFFFFFFF] * (entries - 1)))
     bitmap = (b"\xff" * (extent // 512 // 8)).ljust(512, b"\0")  # every sector of extent 0 present
-    path.write_bytes(header + catalog + bitmap + bytes([BOCHS_DATA.byte]) * extent)
+    path.write_bytes(header + catalog + bitmap + bytes([DATA.byte]) * extent)
+
+
+def cloop_image(path, size=1 << 20, block=64 << 10):
+    """A cloop image (block/cloop.c cloop_open: 128 bytes of preamble, be32 block size, be32
+    block count, be64 offsets of the zlib-compressed blocks) whose first block holds DATA."""
+    blocks = [zlib.compress(bytes([DATA.byte]) * block)] + [zlib.compress(bytes(block))] * (size // block - 1)
+    offsets = [128 + 8 + 8 * (len(blocks) + 1)]
+    for data in blocks:
+        offsets.append(offsets[-1] + len(data))
+    head = b"#!/bin/sh\n#V2.0 Format\n".ljust(128, b"\0") + struct.pack(">II", block, len(blocks))
+    path.write_bytes(head + struct.pack(f">{len(offsets)}Q", *offsets) + b"".join(blocks))
+
+
+IMAGES = {"bochs": bochs_image, "cloop": cloop_image}
 
 
 def tree_digest(root):
@@ -98,24 +114,24 @@ def test_vvfat_needs_auto_read_only(case, qemu, qemu_build, qemu_caps, qb_eviden
     assert tree_digest(root) == before, f"{what} [build {qemu_build.name}]: {root} changed"
 
 
-@pytest.mark.parametrize("case", BOCHS_CASES)
-def test_bochs_needs_auto_read_only(case, qemu, qemu_build, qemu_caps, targets, qb_evidence):
-    if "bochs" not in qemu_caps.formats:
-        pytest.skip(f"build {qemu_build.name} has no bochs driver (probed formats)")
-    path = targets.storage(case.storage).directory / "image.bochs"
-    bochs_image(path)
+@pytest.mark.parametrize("case", FORMAT_CASES)
+def test_format_needs_auto_read_only(case, qemu, qemu_build, qemu_caps, targets, qb_evidence):
+    if case.fmt not in qemu_caps.formats:
+        pytest.skip(f"build {qemu_build.name} has no {case.fmt} driver (probed formats)")
+    path = targets.storage(case.storage).directory / f"image.{case.fmt}"
+    IMAGES[case.fmt](path)
     before = hashlib.sha256(path.read_bytes()).hexdigest()
-    opts = {"driver": "bochs", "node-name": "n0", **case.options(),
+    opts = {"driver": case.fmt, "node-name": "n0", **case.options(),
             "file": {"driver": "file", "filename": str(path)}}
-    what = f"open bochs n0 {json.dumps(case.options())} over {path} via {case.interface} ({case.id})"
+    what = f"open {case.fmt} n0 {json.dumps(case.options())} over {path} via {case.interface} ({case.id})"
     qb_evidence.note(case=case.describe(), options=opts)
 
-    expected = fallback.expect_open(case.interface, case.ro, case.aro, driver="bochs")
+    expected = fallback.expect_open(case.interface, case.ro, case.aro, driver=case.fmt)
     got = open_node(qemu, case.interface, opts)
     outcome.check(expected, got, what=what, build=qemu_build.name)
     if got.ok and got.vm.kind == "system":  # qemu-storage-daemon has no HMP
-        read = drive.hmp_qemu_io(got.vm, "n0", f"read {BOCHS_DATA.io_args()}")
-        assert read.pattern_ok, (f"HMP qemu-io read {BOCHS_DATA.io_args()} after {what} "
+        read = drive.hmp_qemu_io(got.vm, "n0", f"read {DATA.io_args()}")
+        assert read.pattern_ok, (f"HMP qemu-io read {DATA.io_args()} after {what} "
                                  f"[build {qemu_build.name}]: expected the image's data\n"
                                  f"  QEMU did: {read.describe()}")
         res = drive.hmp_qemu_io(got.vm, "n0", "write -P 0x77 0 512")

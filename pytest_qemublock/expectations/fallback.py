@@ -10,8 +10,10 @@ fallbacks", 3.1) vvfat switched to read-only silently. ``-drive`` defaults
 ``BDRV_O_AUTO_RDONLY``), ``-blockdev``/``blockdev-add``/qsd to off. A node
 that degraded is ro=true, so a writer attaching later is refused by block.c
 ``bdrv_node_refresh_perm``: ``Block node is read-only``. The bochs format
-does the same first thing in ``bochs_open`` (covered, with an image the suite
-writes itself); cloop and dmg too (same text), and vmdk's seSparse subformat says
+does the same first thing in ``bochs_open``, cloop in ``cloop_open`` (both
+covered, with images the suite writes itself); dmg too (same text, not
+covered: its image format is too involved to write by hand), and vmdk's
+seSparse subformat says
 ``No write support for seSparse images available``; rbd (snapshots) and
 gluster need servers this harness does not run. Checked against 7.2.22 and
 10.0.2.
@@ -25,8 +27,9 @@ from .common import NODE_IS_READ_ONLY
 
 IMAGE_IS_READ_ONLY = "Image is read-only"
 #: driver -> the function that applies auto-read-only (all: errmsg NULL, so the default text)
-OPENERS = {"vvfat": "block/vvfat.c vvfat_open", "bochs": "block/bochs.c bochs_open (before it even "
-                                                          "opens its file child)"}
+OPENERS = {"vvfat": "block/vvfat.c vvfat_open",
+           "bochs": "block/bochs.c bochs_open (before it even opens its file child)",
+           "cloop": "block/cloop.c cloop_open (before it even opens its file child)"}
 
 
 def _apply(driver: str) -> str:

@@ -16,6 +16,10 @@ SCENARIOS = {
     "dynamic": "file-posix dynamic auto-read-only: fd mode follows writers",
     "jobs": "block jobs reopening backing nodes read-write",
     "defaults": "defaults and inheritance (-drive, backing children, tools)",
+    "fallback": "drivers that fall back to read-only only under auto-read-only (vvfat, bochs, cloop)",
+    "snapshot": "snapshot=on: a writable temporary overlay over read-only storage",
+    "hostdev": "host_device on a read-only loop device",
+    "inactive": "inactive nodes (blockdev-set-active) refuse writers",
 }
 
 

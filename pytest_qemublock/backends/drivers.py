@@ -26,6 +26,8 @@ NBD_CANT_REOPEN_RW = r"Can't reopen read-only NBD mount as read/write"
 CURL_NO_WRITES = r"curl driver does not support writes"
 ISCSI_WRITE_PROTECTED = r"LUN is write protected"
 ISCSI_CANT_REOPEN_RW = r"Cannot open a write protected LUN as read-write"
+#: block/file-posix.c check_hdev_writable: BLKROGET says read-only -> -EACCES
+HOSTDEV_NOT_WRITABLE = r"The device is not writable: Permission denied"
 #: internal-sftp -R (sftp-server.c: every modifying request is SSH2_FX_PERMISSION_DENIED)
 SFTP_PERMISSION_DENIED = r"SFTP server: Permission denied \(libssh error code: 1, sftp error code: 3\)"
 
@@ -117,6 +119,17 @@ DRIVERS: dict[str, Driver] = {d.name: d for d in (
            refused_reopen_rw=_text(ISCSI_CANT_REOPEN_RW),
            reopen_in="block/iscsi.c iscsi_reopen_prepare (ignores auto-read-only)",
            module=True),
+    Driver("host_device",
+           degrades=True,
+           degrades_in="block/file-posix.c hdev_open -> raw_open_common: under auto-read-only the fd is "
+                       "O_RDONLY while nothing writes (dynamic, 23dece19da) and check_hdev_writable only "
+                       "runs for an O_RDWR fd (bca5283bd4)",
+           refused_open=_text(HOSTDEV_NOT_WRITABLE),
+           refused_open_in="block/file-posix.c raw_open_common: check_hdev_writable (ioctl BLKROGET) "
+                           "after the O_RDWR open, which the kernel allows on a read-only loop device",
+           refused_reopen_rw=_text(HOSTDEV_NOT_WRITABLE),
+           reopen_in="block/file-posix.c raw_reconfigure_getfd: check_hdev_writable on the new O_RDWR fd "
+                     "(bca5283bd4)"),
 )}
 
 

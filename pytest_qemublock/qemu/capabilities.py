@@ -18,7 +18,7 @@ from typing import Any, Callable
 from .build import QemuBuild
 from ..host.process import run
 
-PROBE_FORMAT = 3
+PROBE_FORMAT = 4
 
 #: Protocol drivers that Debian builds as loadable modules (qemu-block-extra).
 MODULE_DRIVERS = ("http", "https", "ssh", "iscsi", "nfs", "rbd", "gluster")
@@ -106,9 +106,14 @@ def static_facts(build: QemuBuild, timeout: float) -> dict[str, Any]:
     accels = parse_help_list(run([system, "-accel", "help"], timeout=timeout, env=env).stdout)
     machines = parse_help_list(run([system, "-machine", "help"], timeout=timeout, env=env).stdout)
     img_help = run([build.path("img"), "--help"], timeout=timeout, env=env).stdout
-    m = re.search(r"Supported formats:(.*)", img_help)
-    formats = m.group(1).split() if m else []
-    return {"accelerators": accels, "machines": machines, "formats": formats}
+    return {"accelerators": accels, "machines": machines, "formats": parse_formats(img_help)}
+
+
+def parse_formats(img_help: str) -> list[str]:
+    """The format list of ``qemu-img --help``: one line after ``Supported formats:`` up to 9.x,
+    an indented paragraph after ``Supported image formats:`` (and a blank line) since 10.0."""
+    m = re.search(r"Supported (?:image )?formats:[ \t]*\n?(.*?)(?:\n[ \t]*\n|\Z)", img_help, re.S)
+    return m.group(1).split() if m else []
 
 
 class Schema:

@@ -132,6 +132,16 @@ ACTIVE_COMMIT_ABORT = KnownBug(
     Deviation(ro={"base-fmt": False}, fds={"base": O_RDWR}),
     fixed_in=((9, 1), "7d99ae59a2"))
 
+INACTIVE_WRITE_ABORTS = KnownBug(
+    "inactive-write-aborts",
+    "HMP qemu-io write on an inactive node (blockdev-set-active false) aborts QEMU",
+    "block/block-backend.c: a BlockBackend attached to an inactive node gets disable_perm (c1c5c7cc4e, "
+    "'block: Support inactive nodes in blk_insert_bs()', 10.0), so qemu-io-cmds.c command()'s "
+    "blk_set_perm(WRITE) is not checked and the write reaches block/io.c bdrv_co_write_req_prepare, "
+    "which asserts !(bs->open_flags & BDRV_O_INACTIVE)",
+    "inactive", r"-hmp-qemu-io-write$",
+    Deviation(abort="Assertion `!(bs->open_flags & BDRV_O_INACTIVE)' failed"))
+
 #: every known bug, for reports and reviews
 BUGS = (STALE_FLAGS_LAST_WRITER, STALE_FLAGS_REOPEN_RO, EMPTY_REOPEN_ABORTS, ACTIVE_COMMIT_SOFT_CANCEL,
-        ACTIVE_COMMIT_ABORT)
+        ACTIVE_COMMIT_ABORT, INACTIVE_WRITE_ABORTS)

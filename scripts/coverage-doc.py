@@ -190,7 +190,8 @@ HOW = """
   documentation-only, 10.1+ only, build options Debian does not use).
 * **tests** are pytest node ids without the build (the id `test_open[v7.2-file-rw-...]` is listed as
   `test_open[file-rw-...]`); `*` matches anything, brackets are literal. After each id: the builds it
-  runs on and the capability guard that would skip it on a build without the capability.
+  runs on and the capability guard that would skip it on a build without the capability (so a
+  guarded test does not catch the removal of its own capability).
   Known QEMU bugs (`docs/known-bugs.md`) are asserted too: those tests expect the bug's exact
   deviation and fail once it is fixed.
 * To update: edit `docs/coverage.toml`, run `python3 scripts/coverage-doc.py`, commit both.

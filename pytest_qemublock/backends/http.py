@@ -14,7 +14,7 @@ import shutil
 import socket
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 from urllib.parse import quote
 
 from ..qemu.build import QemuBuild
@@ -52,7 +52,7 @@ class HttpServer(Server):
         rel = Path(path).relative_to(self.root).as_posix()
         return f"http://127.0.0.1:{self.port}/{quote(rel)}"
 
-    def blockdev_options(self, path: Path) -> dict:
+    def blockdev_options(self, path: Path) -> dict[str, Any]:
         """Protocol-node options for QEMU's http driver (without node-name)."""
         return {"driver": "http", "url": self.url(path)}
 

@@ -22,8 +22,10 @@ import itertools
 import os
 import shlex
 import shutil
+import subprocess
 import time
 from pathlib import Path
+from typing import Any
 
 from ..host.process import ProcessError
 from ..qemu.build import QemuBuild
@@ -72,7 +74,7 @@ class IscsiServer(Server):
         """``tgtadm -C N --lld iscsi ARGS`` inside tgtd's namespace (logged in the evidence)."""
         return _tgtadm(self.ctx, self.proc, self.namespace, self.control, *args, check=check)
 
-    def blockdev_options(self) -> dict:
+    def blockdev_options(self) -> dict[str, Any]:
         """Protocol-node options for QEMU's iscsi driver (without node-name)."""
         return {"driver": "iscsi", "transport": "tcp", "portal": self.portal,
                 "target": self.iqn, "lun": self.lun}
@@ -109,14 +111,14 @@ class IscsiServer(Server):
 
 
 def _tgtadm(ctx: ServerContext, proc: ManagedProcess, ns: Namespace, control: int, *args: str,
-            check: bool = True):  # type: ignore[no-untyped-def]
+            check: bool = True) -> subprocess.CompletedProcess[str]:
     """One ``tgtadm -C N --lld iscsi ARGS`` in tgtd's namespace."""
     return _tgtadm_all(ctx, proc, ns, control, [list(args)], check=check)
 
 
 def _tgtadm_all(ctx: ServerContext, proc: ManagedProcess, ns: Namespace, control: int,
                 commands: list[list[str]], check: bool = True,
-                keep_going: bool = False):  # type: ignore[no-untyped-def]
+                keep_going: bool = False) -> subprocess.CompletedProcess[str]:
     """Several tgtadm commands in one ``nsenter`` (each fork of pytest costs ~5 ms),
     stopping at the first that fails unless *keep_going*; logged to ``tgtadm-PID.log``."""
     tgtadm = shlex.join([_tool("tgtadm"), "-C", str(control), "--lld", "iscsi"])
@@ -143,7 +145,8 @@ def _wait_ready(ctx: ServerContext, proc: ManagedProcess, ns: Namespace, control
             res = _tgtadm_all(ctx, proc, ns, control, [["--mode", "system", "--op", "show"]],
                               check=False)
             if res.returncode == 0:
-                return _tgtadm(ctx, proc, ns, control, "--mode", "portal", "--op", "show").stdout
+                portals: str = _tgtadm(ctx, proc, ns, control, "--mode", "portal", "--op", "show").stdout
+                return portals
         if time.monotonic() > deadline:
             raise ServerError(f"tgtd did not answer on control port {control} "
                               f"within {ctx.timeouts.launch:.1f}s")

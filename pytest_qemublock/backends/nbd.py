@@ -11,11 +11,12 @@ import shutil
 import socket
 import struct
 import time
-from typing import Callable
+from typing import Any, Callable
 from pathlib import Path
 
 from ..qemu.build import QemuBuild
-from ..qemu.instance import Wrapper, launch
+from ..host.process import ManagedProcess, ProcessRegistry
+from ..qemu.instance import QemuInstance, Wrapper, launch
 from ..host.listeners import Listener, recv_until, socket_activation
 from .base import Backend, ProvideContext, Target, new_image, started
 from .server import Server, ServerContext, ServerError
@@ -30,22 +31,23 @@ _NBD_FLAG_C_NO_ZEROES = 2
 class NbdServer(Server):
     """A running NBD server exporting one image."""
 
-    def __init__(self, kind: str, proc, registry, listener: Listener | None, readonly: bool,  # type: ignore[no-untyped-def]
-                 export: str, owner=None) -> None:  # type: ignore[no-untyped-def]
+    def __init__(self, kind: str, proc: ManagedProcess, registry: ProcessRegistry,
+                 listener: Listener | None, readonly: bool, export: str,
+                 owner: QemuInstance | None = None) -> None:
         super().__init__(proc, registry, listener, readonly)
         self.kind = kind
         self.export = export
         self._owner = owner  # a QemuInstance for the qemu-export server
 
-    def blockdev_options(self) -> dict:
+    def blockdev_options(self) -> dict[str, Any]:
         """Protocol-node options for QEMU's nbd driver (without node-name)."""
-        opts: dict = {"driver": "nbd", "server": self.address}
+        opts: dict[str, Any] = {"driver": "nbd", "server": self.address}
         if self.export:
             opts["export"] = self.export
         return opts
 
     @property
-    def address(self) -> dict:
+    def address(self) -> dict[str, Any]:
         return self.listener.qapi_address()  # type: ignore[union-attr]
 
     def uri(self) -> str:

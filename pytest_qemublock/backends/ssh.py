@@ -30,6 +30,7 @@ import shutil
 import socket
 import time
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote
 
 from ..host.process import ProcessError
@@ -88,7 +89,7 @@ class SshServer(Server):
         """QEMU's environment: the agent holding the client key."""
         return Wrapper(env={"SSH_AUTH_SOCK": str(self.agent_sock)}, label="ssh-agent")
 
-    def blockdev_options(self, path: Path) -> dict:
+    def blockdev_options(self, path: Path) -> dict[str, Any]:
         """Protocol-node options for QEMU's ssh driver (without node-name)."""
         return {"driver": "ssh",
                 "server": {"host": "127.0.0.1", "port": str(self.port)},

@@ -28,13 +28,16 @@ import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import FrameType
 from typing import IO
 
 from ..errors import QemuBlockError
 from . import sandbox
 from .journal import RUN_ENV, StateDir, StateJournal, new_token
 from .procfs import start_ticks
-from .started import STARTED, StartCounter, program_of  # noqa: F401  (re-exported)
+from .started import STARTED as STARTED
+from .started import StartCounter as StartCounter
+from .started import program_of
 
 
 class ProcessError(QemuBlockError):
@@ -88,7 +91,7 @@ class ManagedProcess:
 
     name: str
     argv: list[str]
-    popen: subprocess.Popen
+    popen: subprocess.Popen[bytes]
     stdout_path: Path
     stderr_path: Path
     env_delta: dict[str, str] = field(default_factory=dict)
@@ -246,7 +249,7 @@ class ProcessRegistry:
         if threading.current_thread() is threading.main_thread():
             previous = signal.getsignal(signal.SIGTERM)
 
-            def on_sigterm(signum: int, frame: object) -> None:
+            def on_sigterm(signum: int, frame: FrameType | None) -> None:
                 self.kill_all()
                 if callable(previous):
                     previous(signum, frame)
@@ -346,7 +349,7 @@ class ProcessRegistry:
 
 
 def run(
-    argv: Sequence[str],
+    argv: Sequence[str | os.PathLike[str]],
     *,
     timeout: float,
     env: Mapping[str, str] | None = None,
@@ -359,17 +362,17 @@ def run(
     The child gets the same death signal as long-running ones; on timeout its
     whole process group is killed. *program*: as for :meth:`ProcessRegistry.spawn`.
     """
-    argv = [str(a) for a in argv]
+    args = [os.fspath(a) for a in argv]
     full_env = {**os.environ, **(env or {})}
-    run_argv, how = _popen_args(argv)
+    run_argv, how = _popen_args(args)
     try:
         with sandbox.ours():
             proc = subprocess.Popen(  # type: ignore[call-overload]
                 run_argv, stdin=subprocess.PIPE if input is not None else subprocess.DEVNULL,
                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=full_env, **how)
     except OSError as e:
-        raise ProcessError(f"cannot run {format_argv(argv)}: {e.strerror}") from None
-    STARTED.note(program_of(argv, program))
+        raise ProcessError(f"cannot run {format_argv(args)}: {e.strerror}") from None
+    STARTED.note(program_of(args, program))
     try:
         out, err = proc.communicate(input, timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -378,13 +381,13 @@ def run(
         except OSError:
             pass
         proc.communicate()
-        raise ProcessError(f"timed out after {timeout:.1f}s: {format_argv(argv)}") from None
+        raise ProcessError(f"timed out after {timeout:.1f}s: {format_argv(args)}") from None
     result = subprocess.CompletedProcess(
-        argv, proc.returncode, out.decode("utf-8", "replace"), err.decode("utf-8", "replace")
+        args, proc.returncode, out.decode("utf-8", "replace"), err.decode("utf-8", "replace")
     )
     if check and result.returncode != 0:
         raise ProcessError(
-            f"{format_argv(argv)} failed ({describe_status(result.returncode)}):\n"
+            f"{format_argv(args)} failed ({describe_status(result.returncode)}):\n"
             f"{result.stderr.strip() or result.stdout.strip()}"
         )
     return result

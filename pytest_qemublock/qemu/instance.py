@@ -105,15 +105,17 @@ class QemuInstance:
     def execute_error(self, command: str, arguments: Mapping[str, Any] | None = None,
                       **kw: Any) -> QmpError | None:
         """Run a QMP command; return its error, or None if it succeeded."""
-        return self._guard(self.qmp.execute_error, command, arguments, **kw)
+        err: QmpError | None = self._guard(self.qmp.execute_error, command, arguments, **kw)
+        return err
 
     def try_execute(self, command: str, arguments: Mapping[str, Any] | None = None, **kw: Any
                     ) -> Any | QmpError:
         return self._guard(self.qmp.try_execute, command, arguments, **kw)
 
     def wait_event(self, name: str, match: Any = None, timeout: float | None = None) -> dict[str, Any]:
-        return self._guard(self.qmp.wait_event, name, match,
-                           self.timeouts.event if timeout is None else timeout)
+        event: dict[str, Any] = self._guard(self.qmp.wait_event, name, match,
+                                            self.timeouts.event if timeout is None else timeout)
+        return event
 
     def _guard(self, fn: Any, *args: Any, **kw: Any) -> Any:
         try:

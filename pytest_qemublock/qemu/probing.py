@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import shutil
+from typing import Any
 from pathlib import Path
 
 from .build import QemuBuild
@@ -12,7 +13,7 @@ from ..host.process import ProcessRegistry
 
 # Options that are wrong on purpose: a driver that loads complains about
 # them; one that does not load says "Unknown driver" or a module error.
-_PROBE_OPTIONS = {
+_PROBE_OPTIONS: dict[str, dict[str, Any]] = {
     "http": {"url": "http://127.0.0.1:9/probe"},
     "https": {"url": "https://127.0.0.1:9/probe"},
     "ssh": {"server": {"host": "127.0.0.1", "port": "9"}, "path": "/probe"},

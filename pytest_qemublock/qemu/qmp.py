@@ -29,7 +29,7 @@ class QmpTimeout(QemuBlockError):
 class QmpCommandError(QemuBlockError):
     """A QMP command returned an error where the test expected success."""
 
-    def __init__(self, command: str, arguments: dict | None, error_class: str, desc: str) -> None:
+    def __init__(self, command: str, arguments: Mapping[str, Any] | None, error_class: str, desc: str) -> None:
         self.command = command
         self.arguments = arguments
         self.error_class = error_class
@@ -177,13 +177,13 @@ class QmpSession:
                     f"(unconsumed events: {seen})"
                 )
             try:
-                ev = self._loop.run_until_complete(
+                message: Any = self._loop.run_until_complete(
                     asyncio.wait_for(self._client.events.get(), remaining))
             except asyncio.TimeoutError:
                 continue
             except Exception as e:  # noqa: BLE001 - connection lost while waiting
                 raise ConnectionError(f"{self.name}: QMP connection lost while waiting for {name}: {e}") from None
-            self._note_event(ev)
+            self._note_event(message)
 
     def events(self) -> list[dict[str, Any]]:
         """All events received so far and not consumed by :meth:`wait_event`."""

@@ -54,7 +54,8 @@ class Image:
 
     def chain(self) -> list["Image"]:
         """This image and its backing files, top first."""
-        out, img = [], self
+        out: list[Image] = []
+        img: Image | None = self
         while img is not None:
             out.append(img)
             img = img.backing

@@ -55,6 +55,7 @@ def pytest_configure(config: pytest.Config) -> None:
         registry.fill_from_hook(config.hook.pytest_qemublock_backends(config=config))
     except registry.BackendRegistryError as e:
         raise pytest.UsageError(f"qemublock: {e}") from None
+    matrix.check_selectors(config)
     session = QemuBlockSession(config_mod.Settings.from_config(config))
     config.stash[SESSION_KEY] = session
     config.pluginmanager.register(

@@ -15,6 +15,7 @@ from .qemu import build as build_mod
 from .qemu.build import BuildError
 from .qemu.capabilities import Capabilities
 from .qemu.context import RunContext
+from .qemu.probing import ProbeError
 from .qemu.factory import QemuFactory
 from .session import (
     EVIDENCE_KEY,
@@ -50,14 +51,23 @@ def qemu_build(request: pytest.FixtureRequest, qb_session: QemuBlockSession) -> 
         pytest.exit(f"qemublock: {e}", returncode=pytest.ExitCode.USAGE_ERROR)
     from .qemu.requirements import check_requirements
 
-    check_requirements(request.node, build, lambda: qb_session.capabilities(build))
+    check_requirements(request.node, build, lambda: _capabilities(qb_session, build))
     return build
 
 
 @pytest.fixture
 def qemu_caps(qemu_build: build_mod.QemuBuild, qb_session: QemuBlockSession) -> Capabilities:
     """Probed :class:`~pytest_qemublock.qemu.capabilities.Capabilities` of the build under test."""
-    return qb_session.capabilities(qemu_build)
+    return _capabilities(qb_session, qemu_build)
+
+
+def _capabilities(session: QemuBlockSession, build: build_mod.QemuBuild) -> Capabilities:
+    """The build's capabilities; a build that cannot be probed stops the run with one line
+    (without start-up validation: the first test that needs them)."""
+    try:
+        return session.capabilities(build)
+    except ProbeError as e:
+        pytest.exit(f"qemublock: {e}", returncode=pytest.ExitCode.USAGE_ERROR)
 
 
 @pytest.fixture

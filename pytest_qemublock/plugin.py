@@ -12,6 +12,7 @@ from . import config as config_mod
 from .evidence import safe_name
 from .qemu import build as build_mod
 from .qemu.build import BuildError
+from .qemu.probing import ProbeError
 from .reporting import plugin as report
 from .scenario import matrix
 from .session import (
@@ -63,8 +64,9 @@ def pytest_configure(config: pytest.Config) -> None:
     if config_mod.wanted(config):
         session.activate()
         try:
-            session.builds
-        except BuildError as e:
+            for build in session.builds:
+                session.capabilities(build)  # a build that cannot be probed: one line, before any case
+        except (BuildError, ProbeError) as e:
             raise pytest.UsageError(f"qemublock: {e}") from None
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from .config import Settings
+from .errors import QemuBlockError
 from .evidence import TestEvidence
 from .host import procfs
 from .host.process import ProcessRegistry, reap_stale
@@ -66,6 +67,7 @@ class QemuBlockSession:
         self._builds: list[QemuBuild] | None = None
         self._build_error: BuildError | None = None
         self._caps: dict[str, Capabilities] = {}
+        self._probe_errors: dict[str, QemuBlockError] = {}
         self._root: Path | None = None
         self._sockdir: Path | None = None
         self._test_counter = 0
@@ -126,12 +128,20 @@ class QemuBlockSession:
         raise BuildError(f"no build named {name!r}")
 
     def capabilities(self, build: QemuBuild) -> Capabilities:
-        if build.name not in self._caps:
-            from .qemu.probing import probe_build
+        """The probed capabilities of *build*; raises :class:`~.qemu.probing.ProbeError`
+        (remembered: the probe is not retried per test) if it cannot be probed."""
+        from .qemu.probing import ProbeError, probe_build
 
-            self._caps[build.name] = load_capabilities(
-                build, self.settings.cache_dir,
-                lambda b: probe_build(b, self.registry, self.root / "probe", self.timeouts))
+        if build.name in self._probe_errors:
+            raise self._probe_errors[build.name]
+        if build.name not in self._caps:
+            try:
+                self._caps[build.name] = load_capabilities(
+                    build, self.settings.cache_dir,
+                    lambda b: probe_build(b, self.registry, self.root / "probe", self.timeouts))
+            except ProbeError as e:
+                self._probe_errors[build.name] = e
+                raise
         return self._caps[build.name]
 
     # -- directories --------------------------------------------------------------

@@ -12,6 +12,7 @@ import pytest
 
 from .evidence import TestEvidence, safe_name
 from .qemu import build as build_mod
+from .qemu import crashes
 from .qemu.build import BuildError
 from .qemu.capabilities import Capabilities
 from .qemu.context import RunContext
@@ -86,12 +87,16 @@ def qb_evidence(request: pytest.FixtureRequest, qb_session: QemuBlockSession) ->
 
 
 @pytest.fixture
-def qb_context(qemu_build: build_mod.QemuBuild, qemu_caps: Capabilities,
-               qb_session: QemuBlockSession, qb_evidence: TestEvidence) -> RunContext:
+def qb_context(request: pytest.FixtureRequest, qemu_build: build_mod.QemuBuild, qemu_caps: Capabilities,
+               qb_session: QemuBlockSession, qb_evidence: TestEvidence) -> Iterator[RunContext]:
     """What this test's helpers share: build, capabilities, registry, evidence,
-    timeouts, work and socket directories."""
-    return RunContext(qemu_build, qemu_caps, qb_session.registry, qb_evidence,
-                      qb_session.timeouts, qb_session.sockdir)
+    timeouts, work and socket directories. Its :class:`~.qemu.crashes.CrashWatch`
+    fails the test for any death of the build's processes (plugin.py, outcome checks)."""
+    watch = crashes.CrashWatch(qemu_build, qb_evidence)
+    request.node.stash[crashes.WATCH_KEY] = watch
+    with crashes.watching(watch):
+        yield RunContext(qemu_build, qemu_caps, qb_session.registry, qb_evidence,
+                         qb_session.timeouts, qb_session.sockdir)
 
 
 @pytest.fixture

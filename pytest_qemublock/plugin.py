@@ -11,6 +11,7 @@ import pytest
 from . import config as config_mod
 from .evidence import safe_name
 from .qemu import build as build_mod
+from .qemu import crashes
 from .qemu.build import BuildError
 from .qemu.probing import ProbeError
 from .reporting import plugin as report
@@ -116,6 +117,22 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     matrix.annotate_and_select(config, items)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item: pytest.Item) -> Iterator[None]:
+    watch = item.stash.get(crashes.WATCH_KEY, None)
+    if watch is None:
+        return (yield)
+    try:
+        result = yield
+    except (KeyboardInterrupt, pytest.exit.Exception):
+        raise
+    except BaseException as e:
+        watch.after_call(e)  # a crash of the build's processes fails the case first
+        raise
+    watch.after_call(None)
+    return result
 
 
 @pytest.hookimpl(wrapper=True)

@@ -71,6 +71,7 @@ def probe_build(build: QemuBuild, registry: ProcessRegistry, workdir: Path,
         alive = vm.alive()
         status = "answered an error" if alive else describe_status(vm.proc.returncode)
         stderr = str(e) if alive else vm.proc.stderr_text()
+        vm.proc.death_noted = "reported as a probe failure"
         _quiet_shutdown(vm)
         raise ProbeError(_probe_failed(build, f"QMP {step}", status, stderr)) from None
     _quiet_shutdown(vm)

@@ -225,3 +225,32 @@ def test_a_dynamic_case_whose_qemu_dies_says_so(inner):
                                      at="during QMP block-export-add"), line), line
     assert "fd modes" not in r.stdout.str()
     assert_no_leak(inner)
+
+
+MODULE_END = '''
+import time
+from pytest_qemublock.host import procfs
+
+PID = []
+
+def test_a_uses_it(targets):
+    PID.append(targets.shared("nbd-qemu-nbd-unix", "ro").server.proc.pid)
+    _record("a", PID[0])
+
+def test_b_kills_it_after_the_last_case():
+    os.kill(PID[0], 9)
+    deadline = time.monotonic() + 10
+    while procfs.running(PID[0]) and time.monotonic() < deadline:
+        time.sleep(0.01)
+'''
+
+
+def test_a_shared_process_dead_at_the_end_of_its_module_is_reported(inner, monkeypatch):
+    """No later case finds it: the pool's teardown does."""
+    r, _ = run_recording(inner, monkeypatch, MODULE_END)
+
+    r.assert_outcomes(passed=2, errors=1)
+    r.stdout.fnmatch_lines(["*ERROR at teardown of test_b_kills_it_after_the_last_case*",
+                            "cleanup of shared targets failed: CRASH: qemu-nbd of build default killed by "
+                            "SIGKILL [[]qemu-nbd, pid *[]], found at the end of the module, *"])
+    assert_no_leak(inner)

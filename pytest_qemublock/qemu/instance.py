@@ -169,6 +169,7 @@ class QemuInstance:
             return self.proc.returncode or 0
         self._stopped = True
         died_before = not self.proc.alive() and not self.proc.stop_expected
+        self.proc.stop_expected = True  # from here on, its exit is ours (quit)
         if not died_before and self.qmp.connected:
             try:
                 self.qmp.execute("quit", timeout=self.timeouts.shutdown)
@@ -178,7 +179,6 @@ class QemuInstance:
                 pass
         self.qmp.close()
         try:
-            self.proc.stop_expected = True
             code = self.proc.wait(self.timeouts.shutdown)
         except ProcessError:
             code = self.proc.stop(self.timeouts.shutdown)

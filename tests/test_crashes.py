@@ -12,11 +12,11 @@ import re
 import pytest
 
 from helpers import REAL, assert_no_leak, write_script
-
 from test_pool import run_recording
 
 #: the first line of a crash report (the program, the build, how, when)
-CRASH = r"CRASH: {prog} of build default {how} \[{name}, pid \d+\], found {at}, \d+\.\d\ds after its start; stderr: .*"
+CRASH = (r"CRASH: {prog} of build default {how} \[{name}, pid \d+\], found {at}, "
+         r"\d+\.\d\ds after its start; stderr: .*")
 
 
 def failure_first_lines(r: pytest.RunResult) -> dict[str, str]:
@@ -113,7 +113,7 @@ def _pid_file():
     return os.environ["QB_MARKER"] + ".victim"
 
 def test_a_uses_it(targets):
-    t = targets.shared(BACKEND, "ro")
+    t = targets.shared(BACKEND, STORAGE)
     vm = VICTIM(targets, t)
     _record("a", vm.pid)
     with open(_pid_file(), "w") as f:
@@ -129,35 +129,35 @@ def test_b_kills_it_between_cases():
         time.sleep(0.01)
 
 def test_c_finds_it_dead(targets):
-    t = targets.shared(BACKEND, "ro")
+    t = targets.shared(BACKEND, STORAGE)
     _record("c", VICTIM(targets, t).pid)
 
 def test_d_gets_a_fresh_one(targets):
-    t = targets.shared(BACKEND, "ro")
+    t = targets.shared(BACKEND, STORAGE)
     vm = VICTIM(targets, t)
     _record("d", vm.pid)
 '''
 
-HOTPLUG = "BACKEND = 'file'\nVICTIM = lambda targets, t: targets.hotplug_qemu(t)\n"
-QEMU_NBD = ("BACKEND = 'nbd-qemu-nbd-unix'\n"
+HOTPLUG = ("BACKEND, STORAGE = 'file', 'rw'\n"
+           "VICTIM = lambda targets, t: targets.hotplug_qemu(t)\n")
+QEMU_NBD = ("BACKEND, STORAGE = 'nbd-qemu-nbd-unix', 'ro'\n"
             "VICTIM = lambda targets, t: t.server.proc\n")
+#: the hot-plug QEMU's death is found by targets.shared() (the pool checks every process
+#: of a shared target) or, had it not exited yet, by targets.hotplug_qemu()
+LENT = r"when lent to this case \((hot-plug QEMU on )?shared {}\)"
 
 
 @pytest.mark.parametrize("victim, prog, name, at", [
-    pytest.param(HOTPLUG, "qemu-system-x86_64", "qemu-hotplug", r"when lent to this case \((hot-plug QEMU on )?shared file-ro\)",
-                 id="hotplug-qemu"),
-    pytest.param(QEMU_NBD, "qemu-nbd", "qemu-nbd", r"when lent to this case \(shared nbd-qemu-nbd-unix-ro\)",
-                 id="qemu-nbd-export"),
+    pytest.param(HOTPLUG, "qemu-system-x86_64", "qemu-hotplug", LENT.format("file-rw"), id="hotplug-qemu"),
+    pytest.param(QEMU_NBD, "qemu-nbd", "qemu-nbd", LENT.format("nbd-qemu-nbd-unix-ro"), id="qemu-nbd-export"),
 ])
-def test_a_shared_process_killed_between_cases_fails_the_next_case(inner, monkeypatch, victim, prog, name, at):
-    suite = SHARED.replace("\"ro\"", "STORAGE")
-    storage = "'rw'" if "file" in victim else "'ro'"
-    r, pids = run_recording(inner, monkeypatch, f"{victim}STORAGE = {storage}\n{suite}")
+def test_a_shared_process_killed_between_cases_fails_the_next_case(inner, monkeypatch, victim, prog, name,
+                                                                   at):
+    r, pids = run_recording(inner, monkeypatch, victim + SHARED)
 
     r.assert_outcomes(passed=3, failed=1)
     first = failure_first_lines(r)
     assert list(first) == ["test_c_finds_it_dead"], r.stdout.str()
-    at = at.replace("file-ro", "file-rw")
     assert re.fullmatch(CRASH.format(prog=prog, how="killed by SIGKILL", name=name, at=at),
                         first["test_c_finds_it_dead"]), first["test_c_finds_it_dead"]
     assert "c" not in pids, "the dead process was lent out"

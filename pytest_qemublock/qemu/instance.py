@@ -127,10 +127,9 @@ class QemuInstance:
             if not self.proc.alive():
                 at = f"during QMP {args[0]!s}"
                 watch = current_watch()  # dates the death, should the test swallow this error
-                line = crash_line(self.build, self.proc, at) if watch is None else watch.line_for(self.proc, at)
+                line = watch.line_for(self.proc, at) if watch else crash_line(self.build, self.proc, at)
                 # the crash line first, so that a test that lets this through fails with it
-                raise ProcessError(line
-                                   + f"\n  stderr: {self.proc.stderr_text(4000).strip()}") from None
+                raise ProcessError(f"{line}\n  stderr: {self.proc.stderr_text(4000).strip()}") from None
             if isinstance(e, QmpTimeout):
                 raise  # QEMU is alive and just did not answer: a timeout, as documented
             raise ProcessError(f"{self.name}: QMP failed during {args[0]!s}: {e}") from None

@@ -106,9 +106,21 @@ def test_an_abort_names_its_assertion(inner):
     assert_no_leak(inner)
 
 
-SHARED = '''
-import time
+#: kill -9 and wait until the whole process has exited (pidfd: its threads too; a zombie
+#: leader whose threads still exit is not reaped yet)
+KILL_AND_WAIT = '''
+import select
 
+def _kill_and_wait(pid):
+    fd = os.pidfd_open(pid)
+    try:
+        os.kill(pid, 9)
+        assert select.select([fd], [], [], 10)[0], f"pid {pid} still there 10 s after SIGKILL"
+    finally:
+        os.close(fd)
+'''
+
+SHARED = KILL_AND_WAIT + '''
 def _pid_file():
     return os.environ["QB_MARKER"] + ".victim"
 
@@ -122,11 +134,7 @@ def test_a_uses_it(targets):
 def test_b_kills_it_between_cases():
     # no plugin fixture: this is not a case of the build, just time passing
     pid = int(open(_pid_file()).read())
-    os.kill(pid, 9)
-    from pytest_qemublock.host import procfs
-    deadline = time.monotonic() + 10
-    while procfs.running(pid) and time.monotonic() < deadline:  # a zombie does not run
-        time.sleep(0.01)
+    _kill_and_wait(pid)
 
 def test_c_finds_it_dead(targets):
     t = targets.shared(BACKEND, STORAGE)
@@ -227,10 +235,7 @@ def test_a_dynamic_case_whose_qemu_dies_says_so(inner):
     assert_no_leak(inner)
 
 
-MODULE_END = '''
-import time
-from pytest_qemublock.host import procfs
-
+MODULE_END = KILL_AND_WAIT + '''
 PID = []
 
 def test_a_uses_it(targets):
@@ -238,10 +243,7 @@ def test_a_uses_it(targets):
     _record("a", PID[0])
 
 def test_b_kills_it_after_the_last_case():
-    os.kill(PID[0], 9)
-    deadline = time.monotonic() + 10
-    while procfs.running(PID[0]) and time.monotonic() < deadline:
-        time.sleep(0.01)
+    _kill_and_wait(PID[0])
 '''
 
 

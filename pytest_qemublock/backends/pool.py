@@ -130,12 +130,14 @@ class TargetPool:
     def close(self) -> list[str]:
         problems = []
         for entry in self._entries.values():
-            # a crash after the module's last case used it: no later case will find it
+            procs = list(entry.owner.server_ctx.evidence.processes)
+            problems += entry.close()
+            # a crash after the module's last case used it (no later case will find it),
+            # known once they are stopped: one may still have been exiting
             build = entry.owner.build
-            for proc in crashes.dead_unnoted(build, entry.owner.server_ctx.evidence.processes):
+            for proc in crashes.dead_unnoted(build, procs):
                 problems.append(crashes.crash_line(build, proc, "at the end of the module"))
                 proc.death_noted = "reported at the end of the module"
-            problems += entry.close()
         self._entries.clear()
         if self._workdir is not None and not self._keep_workdirs:
             shutil.rmtree(self._workdir, ignore_errors=True)

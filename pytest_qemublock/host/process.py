@@ -217,13 +217,20 @@ class ManagedProcess:
         """SIGTERM the process group, then SIGKILL it. Always reaps the child."""
         self._note_unasked()
         self.stop_expected = True
+        killed = False
         if not self._exited():
             self._signal_group(signal.SIGTERM)
             if not self.wait_exit(timeout):
+                killed = True
                 self._signal_group(signal.SIGKILL)
                 if not self.wait_exit(timeout):  # pragma: no cover - unkillable (D state)
                     raise ProcessError(f"{self.name} (pid {self.pid}) survived SIGKILL")
-        return self._reap()
+        status = self._reap()
+        if status < 0 and status != -signal.SIGTERM and not killed:
+            # another signal than ours ended it: it was dying already (a SIGKILL still
+            # reaping its threads) or crashed on SIGTERM
+            self.died_unasked = True
+        return status
 
     def kill(self) -> None:
         self._note_unasked()

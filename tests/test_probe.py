@@ -102,8 +102,12 @@ def test_corrupt_probe_cache_is_replaced(inner):
     assert _launches(log)["qmp-probe"] == 2
 
 
-@pytest.mark.parametrize("field, bad", [("driver_errors", None), ("commands", "query-version"),
-                                        ("version", [7, 2]), ("features", {"BlockdevOptions": [1]})])
+@pytest.mark.parametrize("field, bad", [
+    pytest.param("driver_errors", None, id="driver_errors-null"),
+    pytest.param("commands", "query-version", id="commands-a-string"),
+    pytest.param("version", [7, 2], id="version-two-numbers"),
+    pytest.param("features", {"BlockdevOptions": [1]}, id="features-of-numbers"),
+])
 def test_probe_cache_of_the_wrong_shape_is_replaced(inner, field, bad):
     """A cache file that parses but does not fit Capabilities (edited, another version's) is
     probed again, not handed to the tests (``"driver_errors": null`` gave AttributeErrors)."""

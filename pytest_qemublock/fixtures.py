@@ -13,9 +13,11 @@ import pytest
 from .evidence import TestEvidence, safe_name
 from .qemu import build as build_mod
 from .host.journal import StateDirError
+from .qemu import crashes
 from .qemu.build import BuildError
 from .qemu.capabilities import Capabilities
 from .qemu.context import RunContext
+from .qemu.probing import ProbeError
 from .qemu.factory import QemuFactory
 from .session import (
     EVIDENCE_KEY,
@@ -54,14 +56,23 @@ def qemu_build(request: pytest.FixtureRequest, qb_session: QemuBlockSession) -> 
         pytest.exit(f"qemublock: {e}", returncode=pytest.ExitCode.USAGE_ERROR)
     from .qemu.requirements import check_requirements
 
-    check_requirements(request.node, build, lambda: qb_session.capabilities(build))
+    check_requirements(request.node, build, lambda: _capabilities(qb_session, build))
     return build
 
 
 @pytest.fixture
 def qemu_caps(qemu_build: build_mod.QemuBuild, qb_session: QemuBlockSession) -> Capabilities:
     """Probed :class:`~pytest_qemublock.qemu.capabilities.Capabilities` of the build under test."""
-    return qb_session.capabilities(qemu_build)
+    return _capabilities(qb_session, qemu_build)
+
+
+def _capabilities(session: QemuBlockSession, build: build_mod.QemuBuild) -> Capabilities:
+    """The build's capabilities; a build that cannot be probed stops the run with one line
+    (without start-up validation: the first test that needs them)."""
+    try:
+        return session.capabilities(build)
+    except ProbeError as e:
+        pytest.exit(f"qemublock: {e}", returncode=pytest.ExitCode.USAGE_ERROR)
 
 
 @pytest.fixture
@@ -80,12 +91,16 @@ def qb_evidence(request: pytest.FixtureRequest, qb_session: QemuBlockSession) ->
 
 
 @pytest.fixture
-def qb_context(qemu_build: build_mod.QemuBuild, qemu_caps: Capabilities,
-               qb_session: QemuBlockSession, qb_evidence: TestEvidence) -> RunContext:
+def qb_context(request: pytest.FixtureRequest, qemu_build: build_mod.QemuBuild, qemu_caps: Capabilities,
+               qb_session: QemuBlockSession, qb_evidence: TestEvidence) -> Iterator[RunContext]:
     """What this test's helpers share: build, capabilities, registry, evidence,
-    timeouts, work and socket directories."""
-    return RunContext(qemu_build, qemu_caps, qb_session.registry, qb_evidence,
-                      qb_session.timeouts, qb_session.sockdir)
+    timeouts, work and socket directories. Its :class:`~.qemu.crashes.CrashWatch`
+    fails the test for any death of the build's processes (plugin.py, outcome checks)."""
+    watch = crashes.CrashWatch(qemu_build, qb_evidence)
+    request.node.stash[crashes.WATCH_KEY] = watch
+    with crashes.watching(watch):
+        yield RunContext(qemu_build, qemu_caps, qb_session.registry, qb_evidence,
+                         qb_session.timeouts, qb_session.sockdir)
 
 
 @pytest.fixture

@@ -23,3 +23,13 @@ def pytest_qemublock_backends(config: pytest.Config) -> list[Backend]:
     ``pytest_qemublock/backends/drivers.py``.
     """
     raise NotImplementedError
+
+
+@pytest.hookspec
+def pytest_qemublock_axis_values(config: pytest.Config) -> dict[str, list[str]]:
+    """Axis values that suites use besides the registry's backends and the matrix's
+    formats and interfaces, e.g. ``{"backend": ["vvfat-dir"], "format": ["bochs"]}``,
+    so that ``--backend``/``--format``/``--interface`` accept them (a selector that
+    matches no known value is a usage error). Every implementation's values are joined.
+    """
+    raise NotImplementedError

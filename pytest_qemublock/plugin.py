@@ -12,7 +12,9 @@ from . import config as config_mod
 from .evidence import safe_name
 from .qemu import build as build_mod
 from .host.journal import StateDirError
+from .qemu import crashes
 from .qemu.build import BuildError
+from .qemu.probing import ProbeError
 from .reporting import plugin as report
 from .scenario import matrix
 from .session import (
@@ -56,6 +58,7 @@ def pytest_configure(config: pytest.Config) -> None:
         registry.fill_from_hook(config.hook.pytest_qemublock_backends(config=config))
     except registry.BackendRegistryError as e:
         raise pytest.UsageError(f"qemublock: {e}") from None
+    matrix.check_selectors(config)
     session = QemuBlockSession(config_mod.Settings.from_config(config))
     config.stash[SESSION_KEY] = session
     config.pluginmanager.register(
@@ -63,8 +66,9 @@ def pytest_configure(config: pytest.Config) -> None:
     if config_mod.wanted(config):
         try:
             session.activate()
-            session.builds
-        except (BuildError, StateDirError) as e:
+            for build in session.builds:
+                session.capabilities(build)  # a build that cannot be probed: one line, before any case
+        except (BuildError, ProbeError, StateDirError) as e:
             raise pytest.UsageError(f"qemublock: {e}") from None
 
 
@@ -113,6 +117,22 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     matrix.annotate_and_select(config, items)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item: pytest.Item) -> Generator[None, object, object]:
+    watch = item.stash.get(crashes.WATCH_KEY, None)
+    if watch is None:
+        return (yield)
+    try:
+        result = yield
+    except (KeyboardInterrupt, pytest.exit.Exception):
+        raise
+    except BaseException as e:
+        watch.after_call(e)  # a crash of the build's processes fails the case first
+        raise
+    watch.after_call(None)
+    return result
 
 
 @pytest.hookimpl(wrapper=True)

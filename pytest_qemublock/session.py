@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from .config import Settings
+from .errors import QemuBlockError
 from .evidence import TestEvidence
 from .host import procfs
 from .host.journal import StateDir, default_state_dir, new_token, reap_stale
@@ -69,6 +70,7 @@ class QemuBlockSession:
         self._builds: list[QemuBuild] | None = None
         self._build_error: BuildError | None = None
         self._caps: dict[str, Capabilities] = {}
+        self._probe_errors: dict[str, QemuBlockError] = {}
         self._root: Path | None = None
         self._sockdir: Path | None = None
         self._test_counter = 0
@@ -139,16 +141,23 @@ class QemuBlockSession:
         raise BuildError(f"no build named {name!r}")
 
     def capabilities(self, build: QemuBuild) -> Capabilities:
+        """The probed capabilities of *build*; raises :class:`~.qemu.probing.ProbeError`
+        (remembered: the probe is not retried per test) if it cannot be probed."""
+        from .qemu.probing import ProbeError, probe_build
+
+        if build.name in self._probe_errors:
+            raise self._probe_errors[build.name]
         if build.name not in self._caps:
-            from .qemu.probing import probe_build
-
             self.activate()  # the sandbox is known from here on
-
             outside = self.sandbox.outside() if self.sandbox else contextlib.nullcontext()
-            with outside:  # trust: libgfapi crashes on a PID namespace's mismatched /proc
-                self._caps[build.name] = load_capabilities(
-                    build, self.settings.cache_dir,
-                    lambda b: probe_build(b, self.registry, self.root / "probe", self.timeouts))
+            try:
+                with outside:  # libgfapi crashes on a PID namespace's mismatched /proc
+                    self._caps[build.name] = load_capabilities(
+                        build, self.settings.cache_dir,
+                        lambda b: probe_build(b, self.registry, self.root / "probe", self.timeouts))
+            except ProbeError as e:
+                self._probe_errors[build.name] = e
+                raise
         return self._caps[build.name]
 
     # -- directories --------------------------------------------------------------

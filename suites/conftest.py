@@ -26,3 +26,10 @@ SCENARIOS = {
 def pytest_configure(config: pytest.Config) -> None:
     for name, text in SCENARIOS.items():
         config.addinivalue_line("markers", f"{name}: qemublock scenario: {text}")
+
+
+def pytest_qemublock_axis_values(config: pytest.Config) -> dict[str, list[str]]:
+    """What these suites use besides the registry's backends: vvfat over a host
+    directory and host_device on a loop device (each in a suite of its own), and the
+    formats whose read-only fallback test_fallback.py checks."""
+    return {"backend": ["vvfat-dir", "hostdev-ro"], "format": ["bochs", "cloop"]}

@@ -187,6 +187,17 @@ CASES: list[tuple[str, Setup | list[str], str]] = [
      _STATE + r"is a symlink: refused \(remove it, or set TMPDIR to a directory of your own\)"),
     pytest.param("state-dir-of-another-user", _state_dir(_of_another_user),
                  _STATE + r"is owned by uid 65534, not 0: refused .*", marks=_AS_ROOT),
+    ("backend-matches-nothing", ["--backend=nbd-qemu-nbd-unxi"],
+     r"--backend nbd-qemu-nbd-unxi: matches nothing; valid: file \(rw/erofs/eacces\), "
+     r"nbd-qemu-nbd-unix \(rw/ro\), .*, iscsi \(rw/ro\)"),
+    ("one-of-two-backends-matches-nothing", ["--backend=file-erofs,nbd-qsd-unx"],
+     r"--backend nbd-qsd-unx: matches nothing; valid: file \(rw/erofs/eacces\), .*"),
+    ("storage-the-backend-lacks", ["--backend=http-rw"],
+     r"--backend http-rw: matches nothing; valid: .*, http \(ro\), .*"),
+    ("format-matches-nothing", ["--format=qcow3"],
+     r"--format qcow3: matches nothing; valid: raw, qcow2, chain, proto"),
+    ("interface-matches-nothing", ["--interface=blkdev"],
+     r"--interface blkdev: matches nothing; valid: blockdev, drive, qmp, qsd"),
     ("required-binary-not-found", _img_not_on_path,
      r"qemu-img not found on PATH \(install Debian package qemu-utils, or pass --qemu-img / "
      r"set QEMU_IMG_PROG\)"),

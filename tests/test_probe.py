@@ -7,7 +7,9 @@ import re
 import subprocess
 from pathlib import Path
 
-from helpers import REAL, link_dir, write_script
+import pytest
+
+from helpers import REAL, SUITE_TEST, link_dir, write_script
 
 PROBE_DIR = ".pytest_cache/d/qemublock"
 
@@ -98,6 +100,66 @@ def test_corrupt_probe_cache_is_replaced(inner):
     assert r.ret == 0, r.stdout.str()
     assert json.loads(cache.read_text()) == good
     assert _launches(log)["qmp-probe"] == 2
+
+
+@pytest.mark.parametrize("field, bad", [
+    pytest.param("driver_errors", None, id="driver_errors-null"),
+    pytest.param("commands", "query-version", id="commands-a-string"),
+    pytest.param("version", [7, 2], id="version-two-numbers"),
+    pytest.param("features", {"BlockdevOptions": [1]}, id="features-of-numbers"),
+])
+def test_probe_cache_of_the_wrong_shape_is_replaced(inner, field, bad):
+    """A cache file that parses but does not fit Capabilities (edited, another version's) is
+    probed again, not handed to the tests (``"driver_errors": null`` gave AttributeErrors)."""
+    option, log = _counting_system(inner)
+    inner.suite(SUITE_TEST + CAPS_USER)
+    assert inner.run(option).ret == 0
+    [cache] = _probe_files(inner)
+    good = json.loads(cache.read_text())
+    cache.write_text(json.dumps({**good, field: bad}))
+
+    r = inner.run(option)
+
+    assert r.ret == 0, r.stdout.str()
+    assert json.loads(cache.read_text()) == good
+    assert _launches(log)["qmp-probe"] == 2
+
+
+CAPS_USER = '''
+def test_uses_caps(qemu_caps):
+    assert qemu_caps.driver_loads("file") is False  # not a module driver: "not probed"
+    assert qemu_caps.has_command("query-version")
+'''
+
+
+@pytest.mark.parametrize("how", ["validated", "lazy"])
+def test_a_build_that_cannot_be_probed_is_one_error_line(inner, monkeypatch, qemu10, how):
+    """QEMU 10.0 without its module dir loads Debian 7.2's block-curl.so in the probe and
+    aborts (util/module.c module_load_dso): one line naming the build, the binary and the
+    assertion, exit 4, before any case; not a traceback per test."""
+    binary = qemu10 / "usr/bin/qemu-system-x86_64"
+    inner.suite(SUITE_TEST + CAPS_USER)
+    if how == "validated":
+        inner.ini()
+        r = inner.run(f"--qemu-system={binary}")
+    else:
+        monkeypatch.setenv("QEMU_PROG", str(binary))
+        r = inner.run()
+
+    out, err = r.stdout.str(), r.stderr.str()
+    assert r.ret == pytest.ExitCode.USAGE_ERROR, out + err
+    line = (rf"qemublock: build default: cannot probe {re.escape(str(binary))}: killed by SIGABRT "
+            rf"at QMP blockdev-add of driver \w+; it said: qemu-system-x86_64: util/module\.c:\d+: "
+            rf"module_load_dso: Assertion `.*' failed\.")
+    if how == "validated":
+        lines = [x for x in r.errlines if x.strip()]
+        assert len(lines) == 1 and re.fullmatch("ERROR: " + line, lines[0]), err
+        assert "collected" not in out
+    else:
+        assert re.search(r"Exit: " + line + " !", out), out
+        assert "no tests ran" in out
+    assert "Traceback" not in out + err and "INTERNALERROR" not in out + err
+    assert len((out + err).splitlines()) < 20, out + err
 
 
 def test_capabilities_of_the_installed_build(inner, monkeypatch):

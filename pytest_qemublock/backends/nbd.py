@@ -111,6 +111,8 @@ def _ready(ctx: ServerContext, server: NbdServer, who: str) -> NbdServer:
         handshake(server.listener, ctx.timeouts.launch, who, server.proc.alive)  # type: ignore[arg-type]
     except ServerError as e:
         server.stop()
+        if (server.proc.returncode or 0) >= 0:  # exited refusing: the caller's outcome; a signal is a crash
+            server.proc.death_noted = "refused to start (ServerError)"
         raise ServerError(f"{e}\n  command: {server.proc.command_line()}\n"
                           f"  status: {server.proc.describe()}\n"
                           f"  stderr: {server.proc.stderr_text().strip()}") from None

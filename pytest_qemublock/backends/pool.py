@@ -5,7 +5,9 @@ build, and starting its server is the dearest part of many cases (tgtd
 50 ms to start and 110 ms to stop, sshd 50 ms, a QEMU export 40 ms). Cases
 that only open a node and close it again may share one target: the pool
 keeps one per key for the module, hands out a fresh one when the old one's
-processes died, and stops everything at module end.
+processes died, and stops everything at module end. A process of the build
+under test (qemu-nbd, qsd, the export or hot-plug QEMU) found dead fails the
+case that finds it (:mod:`~pytest_qemublock.qemu.crashes`) before it is replaced.
 
 Cases that write, flip storage or stop servers must not share: they use
 ``targets.target()``. A shared target's server shows up in each test's
@@ -27,6 +29,7 @@ from pathlib import Path
 from collections.abc import Callable
 
 from ..evidence import TestEvidence
+from ..qemu import crashes
 from ..qemu.factory import stop_instance
 from ..storage.images import Tools
 from ..qemu.instance import QemuInstance, launch
@@ -70,7 +73,14 @@ class TargetPool:
         entry = self._entries.get(key)
         if entry is not None and not _healthy(entry.owner):
             del self._entries[key]
-            entry.close()
+            procs = list(entry.owner.server_ctx.evidence.processes)
+            try:
+                # a crash between cases fails the case that finds it; the next gets a fresh one
+                crashes.fail_if_crashed(prov.build, procs,
+                                        f"when lent to this case (shared {entry.target.describe()})",
+                                        f"reported by {prov.server_ctx.evidence.nodeid}")
+            finally:
+                entry.close()
             entry = None
         if entry is None:
             owner = self._provisioner(prov, "-".join(key))
@@ -94,8 +104,12 @@ class TargetPool:
         if entry.vm is not None:
             entry.vm.qmp.retarget(evidence.transcript(entry.vm.name))
             if not _clean(entry.vm):
-                stop_instance(entry.vm)
-                entry.vm = None
+                vm, entry.vm = entry.vm, None
+                try:
+                    at = f"when lent to this case (hot-plug QEMU on shared {target.describe()})"
+                    crashes.fail_if_crashed(prov.build, [vm.proc], at, f"reported by {evidence.nodeid}")
+                finally:
+                    stop_instance(vm)
         if entry.vm is None:
             ctx = entry.owner.server_ctx
             entry.vm = launch("system", ctx.build, [], accel=ctx.accel, registry=ctx.registry,
@@ -116,7 +130,14 @@ class TargetPool:
     def close(self) -> list[str]:
         problems = []
         for entry in self._entries.values():
+            procs = list(entry.owner.server_ctx.evidence.processes)
             problems += entry.close()
+            # a crash after the module's last case used it (no later case will find it),
+            # known once they are stopped: one may still have been exiting
+            build = entry.owner.build
+            for proc in crashes.dead_unnoted(build, procs):
+                problems.append(crashes.crash_line(build, proc, "at the end of the module"))
+                proc.death_noted = "reported at the end of the module"
         self._entries.clear()
         if self._workdir is not None and not self._keep_workdirs:
             shutil.rmtree(self._workdir, ignore_errors=True)

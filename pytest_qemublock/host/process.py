@@ -98,6 +98,10 @@ class ManagedProcess:
     started: float = field(default_factory=time.monotonic)
     stop_expected: bool = False
     start_ticks: str | None = None  # /proc start time, to tell the pid from a reused one
+    #: it exited before anyone asked it to (a crash, unless death_noted says otherwise)
+    died_unasked: bool = False
+    #: why its death is accounted for (expected, refused start-up, already reported)
+    death_noted: str = ""
     #: the registry that started it; told once the process is reaped
     registry: ProcessRegistry | None = field(default=None, repr=False, compare=False)
 
@@ -129,6 +133,8 @@ class ManagedProcess:
         return info is not None
 
     def _reap(self) -> int:
+        if not self.stop_expected:
+            self.died_unasked = True
         if self.popen.returncode is None:
             self._signal_group(signal.SIGKILL)  # leftovers of wrappers; pid still ours
         status = self.popen.wait()
@@ -174,22 +180,36 @@ class ManagedProcess:
 
     def stop(self, timeout: float = 5.0) -> int:
         """SIGTERM the process group, then SIGKILL it. Always reaps the child."""
+        self._note_unasked()
         self.stop_expected = True
+        killed = False
         if not self._exited():
             self._signal_group(signal.SIGTERM)
             if not self.wait_exit(timeout):
+                killed = True
                 self._signal_group(signal.SIGKILL)
                 if not self.wait_exit(timeout):  # pragma: no cover - unkillable (D state)
                     raise ProcessError(f"{self.name} (pid {self.pid}) survived SIGKILL")
-        return self._reap()
+        status = self._reap()
+        if status < 0 and status != -signal.SIGTERM and not killed:
+            # another signal than ours ended it: it was dying already (a SIGKILL still
+            # reaping its threads) or crashed on SIGTERM
+            self.died_unasked = True
+        return status
 
     def kill(self) -> None:
+        self._note_unasked()
         self.stop_expected = True
         if not self._exited():
             self._signal_group(signal.SIGKILL)
             self.wait_exit(5)
         if self._exited():
             self._reap()
+
+    def _note_unasked(self) -> None:
+        # stopping a process that already died must not hide that it died on its own
+        if not self.stop_expected and self._exited():
+            self.died_unasked = True
 
     def _signal_group(self, sig: int) -> None:
         if self.popen.returncode is not None:

@@ -11,7 +11,7 @@ import fcntl
 import hashlib
 import json
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable
 
@@ -56,6 +56,35 @@ class Capabilities:
     def driver_loads(self, driver: str) -> bool:
         return self.driver_errors.get(driver, "not probed") is None
 
+    @classmethod
+    def from_json(cls, data: object) -> Capabilities:
+        """Capabilities from a cache file's content; :class:`ValueError` if it does not fit
+        (a file of another version, edited or half-written: then probe again)."""
+        if not isinstance(data, dict) or set(data) != {f.name for f in fields(cls)}:
+            raise ValueError("not the fields of Capabilities")
+        for name, ok in _SHAPES.items():
+            if not ok(data[name]):
+                raise ValueError(f"{name}: {data[name]!r:.80} has the wrong shape")
+        return cls(**data)
+
+
+def _list_of(kind: type) -> Callable[[object], bool]:
+    return lambda v: isinstance(v, list) and all(isinstance(x, kind) for x in v)
+
+
+def _map_of(ok: Callable[[object], bool]) -> Callable[[object], bool]:
+    return lambda v: isinstance(v, dict) and all(isinstance(k, str) and ok(x) for k, x in v.items())
+
+
+_SHAPES: dict[str, Callable[[object], bool]] = {
+    "version": lambda v: _list_of(int)(v) and len(v) == 3,  # type: ignore[arg-type]
+    "package": lambda v: isinstance(v, str),
+    **{name: _list_of(str) for name in ("accelerators", "machines", "formats", "commands", "events")},
+    "features": _map_of(_list_of(str)),
+    "members": _map_of(_list_of(str)),
+    "driver_errors": _map_of(lambda x: x is None or isinstance(x, str)),
+}
+
 
 def _fingerprint(build: QemuBuild) -> str:
     h = hashlib.sha256()
@@ -77,9 +106,9 @@ def load_capabilities(build: QemuBuild, cache_dir: Path,
         try:
             if path.exists():
                 try:
-                    return Capabilities(**json.loads(path.read_text()))
+                    return Capabilities.from_json(json.loads(path.read_text()))
                 except (ValueError, TypeError):
-                    pass  # stale format: probe again
+                    pass  # stale format, or not what a probe writes: probe again
             caps = probe(build)
             tmp = path.with_suffix(".tmp")
             tmp.write_text(json.dumps(asdict(caps), indent=1))

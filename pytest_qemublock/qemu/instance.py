@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
 from .build import QemuBuild
+from .crashes import crash_line
+from .crashes import current as current_watch
 from ..evidence import TestEvidence
 from ..host.process import ManagedProcess, ProcessError, ProcessRegistry, describe_status, format_argv
 from .qmp import QmpCommandError, QmpError, QmpSession, QmpTimeout
@@ -125,9 +127,11 @@ class QemuInstance:
                 # QMP hangs up a moment before the exit status can be collected
                 self.proc.wait_exit(2.0)
             if not self.proc.alive():
-                raise ProcessError(
-                    f"{self.name} died: {describe_status(self.proc.returncode)} (during {args[0]!s})\n"
-                    f"  stderr: {self.proc.stderr_text(4000).strip()}") from None
+                at = f"during QMP {args[0]!s}"
+                watch = current_watch()  # dates the death, should the test swallow this error
+                line = watch.line_for(self.proc, at) if watch else crash_line(self.build, self.proc, at)
+                # the crash line first, so that a test that lets this through fails with it
+                raise ProcessError(f"{line}\n  stderr: {self.proc.stderr_text(4000).strip()}") from None
             if isinstance(e, QmpTimeout):
                 raise  # QEMU is alive and just did not answer: a timeout, as documented
             raise ProcessError(f"{self.name}: QMP failed during {args[0]!s}: {e}") from None
@@ -159,12 +163,14 @@ class QemuInstance:
         """``quit`` over QMP, wait, then kill. Returns the exit code.
 
         Raises :class:`ProcessError` if QEMU had died on its own before
-        (crash or unexpected exit): that must fail the test, not pass quietly.
+        (crash or unexpected exit) and nobody reported it yet (``death_noted``):
+        that must fail the test, not pass quietly.
         """
         if self._stopped:
             return self.proc.returncode or 0
         self._stopped = True
         died_before = not self.proc.alive() and not self.proc.stop_expected
+        self.proc.stop_expected = True  # from here on, its exit is ours (quit)
         if not died_before and self.qmp.connected:
             try:
                 self.qmp.execute("quit", timeout=self.timeouts.shutdown)
@@ -174,14 +180,14 @@ class QemuInstance:
                 pass
         self.qmp.close()
         try:
-            self.proc.stop_expected = True
             code = self.proc.wait(self.timeouts.shutdown)
         except ProcessError:
             code = self.proc.stop(self.timeouts.shutdown)
+        if died_before and self.proc.death_noted:
+            return code
         if died_before:
-            raise ProcessError(
-                f"{self.name} exited unexpectedly while the test ran: {describe_status(code)}\n"
-                f"  stderr: {self.proc.stderr_text(4000).strip()}")
+            raise ProcessError(crash_line(self.build, self.proc, "at shutdown")
+                               + f"\n  stderr: {self.proc.stderr_text(4000).strip()}")
         if code < 0 and code != -9:
             raise ProcessError(f"{self.name} did not quit cleanly: {describe_status(code)}\n"
                                f"  stderr: {self.proc.stderr_text(4000).strip()}")
@@ -243,6 +249,8 @@ def launch(
         except ProcessError:
             proc.stop()
             code = proc.returncode
+        if code is not None and code >= 0:
+            proc.death_noted = "refused to start (LaunchError)"  # the caller's outcome; a signal is a crash
         reason = "exited during start-up" if not isinstance(e, QmpTimeout) else "never greeted on QMP"
         raise LaunchError(f"{name} {reason}", argv, code, proc.stderr_text()) from None
     return QemuInstance(name, kind, build, proc, qmp, timeouts)

@@ -6,10 +6,12 @@ from typing import Any
 from pathlib import Path
 
 from .build import QemuBuild
+from ..errors import QemuBlockError
 from ..evidence import TestEvidence
-from .instance import Timeouts, launch
+from .instance import LaunchError, QemuInstance, Timeouts, launch
 from .capabilities import MODULE_DRIVERS, Capabilities, qmp_facts, static_facts
-from ..host.process import ProcessRegistry
+from ..host.process import ProcessError, ProcessRegistry, describe_status
+from .qmp import QmpCommandError, QmpTimeout
 
 # Options that are wrong on purpose: a driver that loads complains about
 # them; one that does not load says "Unknown driver" or a module error.
@@ -25,20 +27,38 @@ _PROBE_OPTIONS: dict[str, dict[str, Any]] = {
 _NOT_LOADED = ("Unknown driver", "module", "not whitelisted", "Invalid parameter 'driver'")
 
 
+class ProbeError(QemuBlockError):
+    """The build could not be probed (its QEMU died or refused): nothing can run on it."""
+
+
 def probe_build(build: QemuBuild, registry: ProcessRegistry, workdir: Path,
                 timeouts: Timeouts) -> Capabilities:
-    """Launch the build once and ask it what it has."""
-    facts = static_facts(build, timeouts.tool)
-    accel = "qtest" if "qtest" in facts["accelerators"] else "tcg"
-    workdir.mkdir(parents=True, exist_ok=True)
-    evidence = TestEvidence(workdir / build.name, f"probe {build.name}")
-    vm = launch("system", build, [], accel=accel, registry=registry, evidence=evidence,
-                timeouts=timeouts, name=f"probe-{build.name}")
+    """Launch the build once and ask it what it has.
+
+    Raises :class:`ProbeError` (one line: build, binary, what it said last) if it cannot.
+    """
+    system = build.path("system")
+    step = f"`{system.name} -accel help`"
     try:
+        facts = static_facts(build, timeouts.tool)
+        accel = "qtest" if "qtest" in facts["accelerators"] else "tcg"
+        workdir.mkdir(parents=True, exist_ok=True)
+        evidence = TestEvidence(workdir / build.name, f"probe {build.name}")
+        step = "start-up"
+        vm = launch("system", build, [], accel=accel, registry=registry, evidence=evidence,
+                    timeouts=timeouts, name=f"probe-{build.name}")
+    except LaunchError as e:
+        raise ProbeError(_probe_failed(build, step, describe_status(e.exitcode), e.stderr)) from None
+    except (ProcessError, OSError) as e:
+        raise ProbeError(_probe_failed(build, step, "failed", str(e))) from None
+    try:
+        step = "query-version"
         version = vm.execute("query-version")
+        step = "query-qmp-schema"
         schema = vm.execute("query-qmp-schema")
         driver_errors: dict[str, str | None] = {}
         for i, drv in enumerate(MODULE_DRIVERS):
+            step = f"blockdev-add of driver {drv}"
             err = vm.execute_error("blockdev-add", {"driver": drv, "node-name": f"probe{i}",
                                                     "read-only": True, **_PROBE_OPTIONS[drv]})
             if err is None:
@@ -48,8 +68,14 @@ def probe_build(build: QemuBuild, registry: ProcessRegistry, workdir: Path,
                 driver_errors[drv] = err.desc
             else:
                 driver_errors[drv] = None  # loaded; it just could not connect
-    finally:
-        vm.shutdown()
+    except (ProcessError, QmpCommandError, QmpTimeout, OSError) as e:
+        alive = vm.alive()
+        status = "answered an error" if alive else describe_status(vm.proc.returncode)
+        stderr = str(e) if alive else vm.proc.stderr_text()
+        vm.proc.death_noted = "reported as a probe failure"
+        _quiet_shutdown(vm)
+        raise ProbeError(_probe_failed(build, f"QMP {step}", status, stderr)) from None
+    _quiet_shutdown(vm)
     shutil.rmtree(workdir / build.name, ignore_errors=True)
     q = version["qemu"]
     return Capabilities(
@@ -59,3 +85,19 @@ def probe_build(build: QemuBuild, registry: ProcessRegistry, workdir: Path,
         **facts,
         **qmp_facts(schema),
     )
+
+
+def _quiet_shutdown(vm: QemuInstance) -> None:
+    try:
+        vm.shutdown()
+    except ProcessError:
+        pass  # a probe that died is reported as such by the caller
+
+
+def _probe_failed(build: QemuBuild, step: str, status: str, stderr: str) -> str:
+    """One line: which build and binary, at which step, how, and what it said last."""
+    last = next((line.strip() for line in reversed(stderr.strip().splitlines()) if line.strip()),
+                "(no output)")
+    env = f" with {' '.join(f'{k}={v}' for k, v in build.env.items())}" if build.env else ""
+    return (f"build {build.name}: cannot probe {build.path('system')}{env}: "
+            f"{status} at {step}; it said: {last}")

@@ -13,7 +13,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from ..host.process import format_argv, run
+from . import crashes
 from .context import RunContext
 
 #: qemu-io-cmds.c print_report(): the line a completed read/write prints
@@ -87,6 +90,13 @@ class Tools:
                   program=self.build.path(role).name)
         with open(self.evidence.log_dir / "tools.log", "a", encoding="utf-8") as f:
             f.write(f"$ {format_argv(argv)}\n-> exit {res.returncode}\n{res.stdout}{res.stderr}\n")
+        if res.returncode < 0:  # killed by a signal: a crash, whatever the caller expected
+            line = crashes.tool_crash_line(self.build, argv, res.returncode, res.stderr,
+                                           f"running {role} {' '.join(map(str, args))[:200]}")
+            watch = crashes.current()
+            if watch is not None:
+                watch.tool_crashed(line)  # still fails the case if the caller swallows this
+            pytest.fail(line, pytrace=False)
         if check and res.returncode != 0:
             raise AssertionError(
                 f"{format_argv(argv)} failed (exit {res.returncode}) with build "

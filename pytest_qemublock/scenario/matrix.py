@@ -18,6 +18,8 @@ import pytest
 SCENARIO_PREFIX = "qemublock scenario:"
 
 INTERFACES = ("blockdev", "drive", "qmp", "qsd")
+#: image formats of the cases (``proto``: the protocol node alone, ``chain``: a backing chain)
+FORMATS = ("raw", "qcow2", "chain", "proto")
 TRISTATE = (True, False, None)  # on / off / unset
 
 
@@ -159,6 +161,34 @@ def annotate_and_select(config: pytest.Config, items: list[pytest.Item]) -> None
     if drop:
         config.hook.pytest_deselected(items=drop)
         items[:] = keep
+
+
+def check_selectors(config: pytest.Config) -> None:
+    """Refuse a ``--backend`` / ``--format`` / ``--interface`` pattern that matches no known
+    value (a typo would otherwise deselect everything it meant and pass the rest).
+
+    Raises :class:`pytest.UsageError` naming the valid values.
+    """
+    from ..backends.registry import REGISTRY
+
+    extra: dict[str, list[str]] = {}
+    for declared in config.hook.pytest_qemublock_axis_values(config=config):
+        for axis, values in declared.items():
+            extra.setdefault(axis, []).extend(values)
+    backends = [f"{name}-{st}" for name, b in REGISTRY.items() for st in b.storages]
+    formats = [*FORMATS, *extra.get("format", [])]
+    interfaces = [*INTERFACES, *extra.get("interface", [])]
+    known = {
+        "--backend": ([*backends, *extra.get("backend", [])],
+                      ", ".join([*(f"{name} ({'/'.join(b.storages)})" for name, b in REGISTRY.items()),
+                                 *extra.get("backend", [])])),
+        "--format": (formats, ", ".join(formats)),
+        "--interface": (interfaces, ", ".join(interfaces)),
+    }
+    for option, (values, valid) in known.items():
+        for pattern in _patterns(config.getoption(option)):
+            if not any(_matches(v, [pattern]) for v in values):
+                raise pytest.UsageError(f"qemublock: {option} {pattern}: matches nothing; valid: {valid}")
 
 
 def _patterns(values: list[str] | None) -> list[str]:

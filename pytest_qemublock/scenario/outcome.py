@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import signal
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import PurePath
@@ -24,6 +25,7 @@ from typing import Any
 
 import pytest
 
+from ..qemu import crashes
 from ..qemu.capabilities import Capabilities
 from .known_bugs import O_RDONLY, O_RDWR, KnownBug
 
@@ -194,6 +196,7 @@ def check(exp: Expect, got: Outcome, *, what: str, build: str, context: str = ""
     use :class:`CaseCheck` for a case whose expectations may carry one)."""
     if exp.bug is not None:
         raise ValueError(f"{what}: the expectation carries known bug {exp.bug.id}: use CaseCheck")
+    crashes.fail_now(f"at {what}")  # a dead QEMU says so, not "fd modes none"
     problems = mismatches(exp, got)
     if problems:
         raise AssertionError(_message(what, build, context, problems, exp, got))
@@ -225,6 +228,11 @@ class CaseCheck:
         """Check one step; True if it showed its known bug (then follow the buggy timeline)."""
         problems = mismatches(exp, got)
         bug = exp.bug if self.active(exp.bug) else None
+        watch = crashes.current()
+        if watch is not None:
+            if bug is not None and bug.deviation.abort is not None and matches_prediction(exp, bug, got):
+                watch.excuse(-signal.SIGABRT, bug.deviation.abort, f"expected: known QEMU bug {bug.id}")
+            watch.fail_now(f"at {what}")  # a dead QEMU says so, not "fd modes none"
         if bug is None:
             if problems:
                 text = _message(what, self.build, self.context, problems, exp, got)

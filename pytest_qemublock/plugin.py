@@ -21,6 +21,8 @@ from .session import (
     SESSION_KEY,
     WORKDIR_KEY,
     QemuBlockSession,
+    SpaceError,
+    check_free_space,
 )
 
 pytest_plugins = ["pytest_qemublock.fixtures"]
@@ -62,9 +64,11 @@ def pytest_configure(config: pytest.Config) -> None:
         report.MatrixReport(config, lambda: session.resolved_builds), "qemublock-report")
     if config_mod.wanted(config):
         try:
-            session.activate()
+            session.activate()  # first: it removes dead runs' work dirs
             session.builds
-        except (BuildError, StateDirError) as e:
+            if session.settings.worker_id == "main":  # xdist workers: checked by the controller
+                check_free_space(session.settings.basetemp)
+        except (BuildError, StateDirError, SpaceError) as e:
             raise pytest.UsageError(f"qemublock: {e}") from None
 
 

@@ -49,7 +49,8 @@ def addoption(parser: pytest.Parser) -> None:
     group.addoption("--qb-basetemp", metavar="DIR", default=None,
                     help="directory for images and work files (default: /dev/shm if it is a "
                          "tmpfs with 1 GiB free, else $TMPDIR or /tmp; a fresh qb-* dir per "
-                         "pytest process below it); spaces and commas are fine")
+                         "pytest process below it); spaces and commas are fine; a run "
+                         "needs about 256 MiB free there")
     group.addoption("--qb-keep-workdirs", action="store_true",
                     help="do not delete images and work files at the end of the run")
     group.addoption("--backend", action="append", metavar="GLOB[,GLOB]",

@@ -23,6 +23,8 @@ from .session import (
     SESSION_KEY,
     WORKDIR_KEY,
     QemuBlockSession,
+    SpaceError,
+    check_free_space,
 )
 
 pytest_plugins = ["pytest_qemublock.fixtures"]
@@ -65,10 +67,12 @@ def pytest_configure(config: pytest.Config) -> None:
         report.MatrixReport(config, lambda: session.resolved_builds), "qemublock-report")
     if config_mod.wanted(config):
         try:
-            session.activate()
+            session.activate()  # first: it removes dead runs' work dirs
+            if session.settings.worker_id == "main":  # xdist workers: checked by the controller
+                check_free_space(session.settings.basetemp)
             for build in session.builds:
                 session.capabilities(build)  # a build that cannot be probed: one line, before any case
-        except (BuildError, ProbeError, StateDirError) as e:
+        except (BuildError, ProbeError, StateDirError, SpaceError) as e:
             raise pytest.UsageError(f"qemublock: {e}") from None
 
 

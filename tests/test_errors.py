@@ -6,12 +6,15 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
+import sys
 from pathlib import Path
 from typing import Callable
 
 import pytest
 
 from helpers import REAL, link_dir, write_script
+from pytest_qemublock.session import RUN_NEEDS
 
 Setup = Callable[[Path, pytest.MonkeyPatch], list[str]]
 
@@ -278,3 +281,53 @@ def test_work_dir_with_spaces_and_commas_works(inner):
     commands = (kept / "commands.txt").read_text()
     assert str(weird) in commands  # the command line really used that directory
     assert os.listdir(weird) == []  # and the run cleaned up after itself
+
+
+_MOUNT_TMPFS = 'mount -t tmpfs -o size="$1" none "$2" && shift 2 && exec "$@"'
+
+
+def _in_private_tmpfs(inner, size: str, mnt: Path, fill: str | None, *args: str) -> pytest.RunResult:
+    """Run the inner pytest with a fresh tmpfs of *size* at *mnt*, in a mount namespace of
+    its own (nothing to unmount, nothing seen outside), after filling it with *fill*."""
+    mnt.mkdir()
+    cmd = [sys.executable, "-m", "pytest", *inner.args(f"--qb-basetemp={mnt}/work", *args)]
+    if fill:
+        cmd = ["sh", "-c", 'fallocate -l "$1" "$2" && shift 2 && exec "$@"', "sh", fill,
+               str(mnt / "filler"), *cmd]
+    return inner.pytester.run("unshare", "-m", "sh", "-c", _MOUNT_TMPFS, "sh", size, str(mnt),
+                              *cmd, timeout=120)
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("unshare"),
+                    reason="mounting a small tmpfs in a private mount namespace needs root "
+                           "and unshare (util-linux)")
+def test_nearly_full_work_dir_file_system_is_refused(inner):
+    """Instead of an ENOSPC traceback per case: one line at start-up, with the figures."""
+    needs = RUN_NEEDS >> 20
+    inner.ini()
+    inner.suite("def test_plain(qb_session):\n    pass\n")
+    mnt = inner.path / "small"
+
+    r = _in_private_tmpfs(inner, f"{needs + 8}m", mnt, f"{needs}m")
+
+    out, err = r.stdout.str(), r.stderr.str()
+    assert r.ret == pytest.ExitCode.USAGE_ERROR, out + err
+    lines = [line for line in r.errlines if line.strip()]
+    assert lines == [f"ERROR: qemublock: --qb-basetemp={mnt}/work: its file system has 8 MiB free, "
+                     f"a run needs about {needs} MiB (free some space, or pass --qb-basetemp "
+                     f"a directory on a roomier file system)"], out + err
+    assert "Traceback" not in out + err and "collected" not in out
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("unshare"),
+                    reason="mounting a tmpfs in a private mount namespace needs root and unshare")
+def test_work_dir_file_system_with_room_is_accepted(inner):
+    """The threshold is what a run needs, no more: a file system with that much free is used."""
+    needs = RUN_NEEDS >> 20
+    inner.ini()
+    inner.suite("def test_plain(qb_session):\n    pass\n")
+
+    r = _in_private_tmpfs(inner, f"{needs + 16}m", inner.path / "roomy", "8m")  # just enough
+
+    assert r.ret == 0, r.stdout.str() + r.stderr.str()
+    r.assert_outcomes(passed=1)

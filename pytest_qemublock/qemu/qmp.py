@@ -13,7 +13,7 @@ import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Awaitable, Callable, Mapping
 
 from qemu.qmp import ConnectError, ExecInterruptedError, ExecuteError, QMPClient, StateError
 from qemu.qmp.protocol import Runstate
@@ -100,6 +100,7 @@ class QmpSession:
             pass
         finally:
             self._drain_events()
+            self._cancel_pending()
             self._loop.close()
             self.transcript.close()
 
@@ -177,8 +178,7 @@ class QmpSession:
                     f"(unconsumed events: {seen})"
                 )
             try:
-                message: Any = self._loop.run_until_complete(
-                    asyncio.wait_for(self._client.events.get(), remaining))
+                message: Any = self._until(asyncio.wait_for(self._client.events.get(), remaining))
             except asyncio.TimeoutError:
                 continue
             except Exception as e:  # noqa: BLE001 - connection lost while waiting
@@ -206,10 +206,36 @@ class QmpSession:
     def _run(self, coro: Any, timeout: float | None, what: str) -> Any:
         limit = self.default_timeout if timeout is None else timeout
         try:
-            return self._loop.run_until_complete(asyncio.wait_for(coro, limit))
+            return self._until(asyncio.wait_for(coro, limit))
         except asyncio.TimeoutError:
             self.transcript.record("!", {"timeout": what, "seconds": limit})
             raise QmpTimeout(f"{self.name}: {what} got no answer within {limit:.1f}s") from None
+
+    def _until(self, aw: Awaitable[Any]) -> Any:
+        try:
+            return self._loop.run_until_complete(aw)
+        except BaseException as e:
+            if not isinstance(e, Exception):
+                # KeyboardInterrupt (Ctrl-C, or SIGTERM through host/process.py)
+                # stopped the loop mid-await: qemu.qmp's tasks would stay pending
+                # and be destroyed at exit, printing "no running event loop"
+                # tracebacks and "Task was destroyed" after pytest's summary.
+                self._cancel_pending()
+            raise
+
+    def _cancel_pending(self) -> None:
+        """Cancel this loop's tasks and let them unwind, while the loop can still run.
+
+        Unwinding may schedule more (qemu.qmp's disconnect task), hence the rounds;
+        the peer is gone or going, so each round is short, and bounded anyway.
+        """
+        for _ in range(3):
+            tasks = [t for t in asyncio.all_tasks(self._loop) if not t.done()]
+            if not tasks or self._loop.is_closed():
+                return
+            for t in tasks:
+                t.cancel()
+            self._loop.run_until_complete(asyncio.wait(tasks, timeout=2.0))
 
 
 def _plain(obj: Any) -> Any:

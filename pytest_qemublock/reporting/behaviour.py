@@ -22,7 +22,7 @@ from ..scenario.matrix import INTERFACES, TRISTATE, Case
 from ..scenario.outcome import Expect
 from ..storage.images import Image
 from ..storage.local import EaccesStorage, ErofsStorage, Storage
-from .mdtable import Table, citations, fold, render
+from .mdtable import ANY, Row, Table, citations, fold, render
 
 #: the placeholder for the image's path in every error text
 IMAGE_PATH = "<image>"
@@ -184,6 +184,35 @@ SCENARIOS: tuple[tuple[Callable[[Capabilities], Table], tuple[str, ...]], ...] =
 )
 
 
+def abbreviate(cell: str) -> str:
+    """A folded backend-storage cell with every backend of one driver on one storage kind
+    written as the ``--backend`` glob that selects them (``nbd-*-ro``; ``nbd-*`` for all kinds)."""
+    if cell == ANY:
+        return cell
+    values = cell.split(", ")
+    families: dict[str, list[str]] = {}
+    for name, b in REGISTRY.items():
+        families.setdefault(b.driver, []).append(name)
+    out = list(values)
+    for driver, names in families.items():
+        if len(names) < 2 or not all(n.startswith(f"{driver}-") for n in names):
+            continue
+        pairs = [f"{n}-{st}" for n in names for st in REGISTRY[n].storages]
+        kinds = list(dict.fromkeys(st for n in names for st in REGISTRY[n].storages))
+        covered = [k for k in kinds if all(p in values for p in pairs if p.endswith(f"-{k}"))]
+        globs = [f"{driver}-*"] if covered == kinds else [f"{driver}-*-{k}" for k in covered]
+        gone = {p for p in pairs if any(p.endswith(f"-{k}") for k in covered)}
+        if globs:
+            first = min(out.index(p) for p in gone)
+            out = out[:first] + globs + [v for v in out[first:] if v not in gone]
+    return ", ".join(out)
+
+
+def _abbreviated(table: Table) -> Table:
+    table.rows = [Row((abbreviate(r.axes[0]), *r.axes[1:]), r.results) for r in table.rows]
+    return table
+
+
 def build_line(name: str, caps: Capabilities) -> str:
     version = ".".join(map(str, caps.version))
     unloaded = sorted(d for d, err in caps.driver_errors.items() if err is not None)
@@ -199,10 +228,11 @@ def document(builds: Sequence[tuple[str, Capabilities]]) -> str:
            "Regenerate with:", "", "```", REGENERATE, "```", "",
            "Builds:", "", *(build_line(n, c) for n, c in builds), "",
            "Rows with equal outcomes are folded: a cell lists the values a row stands for, `any` "
-           "means every value of that column. `<image>` stands for the image's path. *depends on* "
+           "means every value of that column, `nbd-*-ro` every nbd backend on `ro` storage (the "
+           "`--backend` glob that selects them). `<image>` stands for the image's path. *depends on* "
            "names the probed capability a row's rule asked for and its answer.", ""]
     for make, order in SCENARIOS:
-        tables = [(name, fold(make(caps), order)) for name, caps in builds]
+        tables = [(name, _abbreviated(fold(make(caps), order))) for name, caps in builds]
         if all(t.rows == tables[0][1].rows for _, t in tables):
             t = tables[0][1]
             t.title += f" — builds {', '.join(n for n, _ in tables)} alike"

@@ -16,7 +16,7 @@ from pathlib import Path
 from ..backends import drivers
 from ..backends.base import Target
 from ..backends.registry import REGISTRY
-from ..expectations import degrade, expect_open
+from ..expectations import degrade, expect_open, reopen
 from ..qemu.capabilities import Capabilities
 from ..scenario.matrix import INTERFACES, TRISTATE, Case
 from ..scenario.outcome import Expect
@@ -157,6 +157,32 @@ def refused_table(caps: Capabilities) -> Table:
     return t
 
 
+#: the option sets suites/test_reopen.py reopens a protocol node to
+REOPEN_TO: tuple[dict[str, bool], ...] = (
+    {"read-only": False, "auto-read-only": False}, {"read-only": False},
+    {"read-only": False, "auto-read-only": True}, {"read-only": True}, {})
+
+
+def reopen_table(caps: Capabilities) -> Table:
+    """expectations/reopen.py expect_reopen: a protocol node with no parents reopened."""
+    t = Table("Reopen (suites/test_reopen.py, expectations/reopen.py expect_reopen)",
+              "`blockdev-reopen` of the protocol node `n0` (no parents, no writers); the suite runs "
+              "where the build has the command. A refused reopen also leaves the node as it was.",
+              ("backend-storage", "reopen to"), RESULTS)
+    for backend, storage in _pairs():
+        target = placeholder_target(backend, storage)
+        for opts in REOPEN_TO:
+            t.add((f"{backend}-{storage}", reopen.describe(opts)),
+                  _results(partial(_reopen, target, opts), caps))
+    return t
+
+
+def _reopen(target: Target, opts: dict[str, bool], caps: Capabilities) -> Expect:
+    # the rule does not read the state before (a node opened read-only is one every storage opens)
+    start = reopen.expect_start(target, caps, {"read-only": True})
+    return reopen.expect_reopen(target, caps, start, opts)
+
+
 def drivers_table() -> Table:
     """backends/drivers.py, one row per protocol driver (the same for every build)."""
     t = Table("Per-driver facts (backends/drivers.py)", "The same for every build; `<strerror>` is "
@@ -181,6 +207,7 @@ SCENARIOS: tuple[tuple[Callable[[Capabilities], Table], tuple[str, ...]], ...] =
     (degraded_table, ("backend-storage", "interface", "auto-read-only", "format")),
     (writers_table, ("backend-storage", "writer", "format")),
     (refused_table, ("backend-storage", "format", "auto-read-only", "step")),
+    (reopen_table, ("backend-storage", "reopen to")),
 )
 
 

@@ -85,3 +85,11 @@ def test_every_backend_of_a_driver_is_written_as_its_backend_glob() -> None:
     assert behaviour.abbreviate(", ".join([*both, "ssh-rw"])) == "nbd-*, ssh-rw"
     # one nbd backend missing: listed one by one
     assert behaviour.abbreviate(", ".join(ro[1:])) == ", ".join(ro[1:])
+
+
+def test_reopen_rows_fold_the_nbd_servers_and_keep_the_driver_errors() -> None:
+    rows = behaviour._abbreviated(fold(behaviour.reopen_table(caps()), behaviour.SCENARIOS[-1][1])).rows
+    nbd_ro = [r for r in rows if r.axes[0] == "nbd-*-ro"]
+    assert nbd_ro and all(r.results[0] == "fails with exactly \"Can't reopen read-only NBD mount as read/write\""
+                          for r in nbd_ro)
+    assert any(r.results[0].startswith("fails with exactly \"Block format 'ssh' used by node 'n0'") for r in rows)

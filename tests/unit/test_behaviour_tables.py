@@ -90,6 +90,7 @@ def test_every_backend_of_a_driver_is_written_as_its_backend_glob() -> None:
 def test_reopen_rows_fold_the_nbd_servers_and_keep_the_driver_errors() -> None:
     rows = behaviour._abbreviated(fold(behaviour.reopen_table(caps()), behaviour.SCENARIOS[-1][1])).rows
     nbd_ro = [r for r in rows if r.axes[0] == "nbd-*-ro"]
-    assert nbd_ro and all(r.results[0] == "fails with exactly \"Can't reopen read-only NBD mount as read/write\""
-                          for r in nbd_ro)
-    assert any(r.results[0].startswith("fails with exactly \"Block format 'ssh' used by node 'n0'") for r in rows)
+    refused = "fails with exactly \"Can't reopen read-only NBD mount as read/write\""
+    assert nbd_ro and all(r.results[0] == refused for r in nbd_ro)
+    no_reopen = "fails with exactly \"Block format 'ssh' used by node 'n0'"
+    assert any(r.results[0].startswith(no_reopen) for r in rows)

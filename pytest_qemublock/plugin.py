@@ -73,7 +73,7 @@ def pytest_cmdline_main(config: pytest.Config) -> int | None:
     if not (config.option.qb_list_backends or config.option.qb_expectations):
         return None
     from .backends.registry import describe_backends
-    from .reporting.behaviour import document
+    from .reference.behaviour import document
 
     config._do_configure()
     try:

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from helpers import QEMU10_DIR
-from pytest_qemublock.reporting.behaviour import REGENERATE
+from pytest_qemublock.reference.behaviour import REGENERATE
 
 ROOT = Path(__file__).resolve().parent.parent
 DOC = ROOT / "docs" / "behaviour.md"

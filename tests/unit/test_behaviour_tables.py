@@ -1,11 +1,11 @@
-"""Folding and rendering the expected-behaviour tables (reporting/mdtable.py, reporting/behaviour.py),
+"""Folding and rendering the expected-behaviour tables (reference/tables.py, reference/behaviour.py),
 without QEMU: plain tables and the capabilities of a made-up build."""
 from __future__ import annotations
 
 from helpers_unit import caps
 
-from pytest_qemublock.reporting import behaviour
-from pytest_qemublock.reporting.mdtable import ANY, Row, Table, citations, fold, render
+from pytest_qemublock.reference import behaviour
+from pytest_qemublock.reference.tables import ANY, Row, Table, citations, fold, render
 
 DYNAMIC = "BlockdevOptions.file:dynamic-auto-read-only"
 

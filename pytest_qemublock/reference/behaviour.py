@@ -2,7 +2,7 @@
 
 ``pytest --qb-expectations`` evaluates the rules of :mod:`pytest_qemublock.expectations`
 over their scenario's whole matrix for each build's probed capabilities and prints
-the folded tables (:mod:`.mdtable`), so the reference cannot drift from the code.
+the folded tables (:mod:`.tables`), so the reference cannot drift from the code.
 No server starts: the rules read only a target's driver, storage and error fields,
 so each backend-storage pair gets a placeholder :class:`~..backends.base.Target`.
 """
@@ -22,7 +22,7 @@ from ..scenario.matrix import INTERFACES, TRISTATE, Case
 from ..scenario.outcome import Expect
 from ..storage.images import Image
 from ..storage.local import EaccesStorage, ErofsStorage, Storage
-from .mdtable import ANY, Row, Table, citations, fold, render
+from .tables import ANY, Row, Table, citations, fold, render
 
 #: the placeholder for the image's path in every error text
 IMAGE_PATH = "<image>"

@@ -77,19 +77,24 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def pytest_cmdline_main(config: pytest.Config) -> int | None:
-    if not config.option.qb_list_backends:
+    # Both exit before collection, with the builds resolved and probed as a run would.
+    if not (config.option.qb_list_backends or config.option.qb_expectations):
         return None
     from .backends.registry import describe_backends
+    from .reference.behaviour import document
 
     config._do_configure()
     try:
         session = config.stash[SESSION_KEY]
         try:
-            build = session.builds[0]
+            builds = session.builds
         except BuildError as e:
             raise pytest.UsageError(f"qemublock: {e}") from None
-        for line in describe_backends(build):
-            print(line)
+        if config.option.qb_expectations:
+            print(document([(b.name, session.capabilities(b)) for b in builds]), end="")
+        else:
+            for line in describe_backends(builds[0]):
+                print(line)
     finally:
         config._ensure_unconfigure()
     return 0

@@ -88,7 +88,7 @@ DRIVERS: dict[str, Driver] = {d.name: d for d in (
            degrades_in="block/nbd.c nbd_handle_updated_info: NBD_FLAG_READ_ONLY -> "
                        "bdrv_apply_auto_read_only(bs, \"NBD export is read-only\") (6c2e581d4d)",
            refused_open=_text(NBD_RO_EXPORT),
-           refused_open_in="block/nbd.c (the client reports a read-only export as EPERM since 51edbf537d)",
+           refused_open_in="block/nbd.c (the client reports a read-only export as EACCES since a71d597b98)",
            refused_reopen_rw=_text(NBD_CANT_REOPEN_RW),
            reopen_in="block/nbd.c nbd_client_reopen_prepare (ignores auto-read-only)"),
     Driver("http",

@@ -68,7 +68,9 @@ def expect_degraded(case: Case, target: Target, caps: Capabilities) -> Expect:
                       because=f"read-only=off, {aro}, read-only storage: {why}")
     return Expect(True, ro={"n0": False, "p0": ro}, fds=image_fd(fd if target.driver == "file" else None),
                   because=f"read-only=off, {aro}, read-only storage: the raw node stays ro=false (raw "
-                          f"asks its child for WRITE only once a parent of its own does: raw_child_perm); "
+                          "asks its child for WRITE only once a parent of its own does: without "
+                          "offset/size its file is a filtered child, and block.c bdrv_filter_default_perms "
+                          "passes raw's parents' permissions through to it); "
                           f"its child p0 inherits auto-read-only: {why}")
 
 
@@ -85,7 +87,8 @@ def expect_writer_refused(case: Case, target: Target, writer: str) -> Expect:
     if case.fmt == "proto" and writer == "export":
         return Expect(False, error=EXPORT_RO_NODE,
                       because=f"the {target.driver} node shows ro=true; blk_exp_add() refuses a writable "
-                              "export of a read-only node before taking permissions (30dbc81d31)")
+                              "export of a read-only node before taking permissions (9b562c646b made it an "
+                              "error; 30dbc81d31 moved the check there from nbd/server.c)")
     node = "n0" if case.fmt == "proto" else "its ro=true child p0"
     return Expect(False, error=NODE_IS_READ_ONLY,
                   because=f"the writer's WRITE permission reaches {node}, and a read-only node cannot "
@@ -121,7 +124,8 @@ def expect_refused(case: Case, target: Target) -> Expect:
                               "cannot get WRITE on it (block.c bdrv_node_refresh_perm)")
     return Expect(False, error=NBD_RO_EXPORT,
                   because=f"{opts}: the export is read-only and nothing allows a fallback; since 6.1 the "
-                          "client reports a generic EACCES text (51edbf537d)")
+                          "client reports a generic EACCES text (a71d597b98: nbd_open connects through "
+                          "nbd_co_do_establish_connection, which passes no errp to nbd_handle_updated_info)")
 
 
 def expect_retry_read_only(case: Case, target: Target) -> Expect:

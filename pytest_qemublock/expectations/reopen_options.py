@@ -8,11 +8,14 @@ its ``ro`` flag and its fd:
   (``BlockdevOptions``): qapi/qobject-input-visitor.c
   ``qobject_input_type_bool`` fails with ``Invalid parameter type for
   'options[0].<name>', expected: boolean``;
-* qemu-io's ``reopen -o`` (the tool, and HMP ``qemu-io``) parses QemuOpts:
-  qemu-io-cmds.c ``reopen_f`` -> ``qemu_opts_parse_noisily`` ->
+* qemu-io's ``reopen -o`` (the tool, and HMP ``qemu-io``): qemu-io-cmds.c
+  ``reopen_f`` takes any value (its ``reopen_opts`` has no descriptions)
+  and calls ``bdrv_reopen``; block.c ``bdrv_reopen_prepare`` absorbs the
+  options into ``bdrv_runtime_opts``, where both are booleans:
   util/qemu-option.c ``parse_option_bool`` -> qapi/qapi-util.c
   ``qapi_bool_parse``: ``Parameter '<name>' expects 'on' or 'off'``
-  (iotest 133 has the same lines). Checked against 7.2.22 and 10.0.2.
+  (iotest 133 has the same lines; before 8eb4b07b6f an assertion in
+  ``update_flags_from_options`` aborted first). Checked against 7.2.22 and 10.0.2.
 """
 from __future__ import annotations
 
@@ -28,8 +31,9 @@ BAD = "qux"
 
 QMP_BECAUSE = ("qapi/qobject-input-visitor.c qobject_input_type_bool: a QMP argument of the wrong "
                "type is refused while the command's arguments are visited, before bdrv_reopen_multiple")
-QEMUOPTS_BECAUSE = ("qemu-io-cmds.c reopen_f: qemu_opts_parse_noisily -> qapi/qapi-util.c qapi_bool_parse "
-                    "refuses the value before bdrv_reopen is called")
+QEMUOPTS_BECAUSE = ("qemu-io-cmds.c reopen_f passes the value on to bdrv_reopen; block.c "
+                    "bdrv_reopen_prepare: qemu_opts_absorb_qdict into bdrv_runtime_opts -> qapi_bool_parse "
+                    "refuses it before anything is reopened (no assertion since 8eb4b07b6f)")
 
 
 def opened(storage_readonly: bool, because: str = "") -> Expect:

@@ -52,7 +52,7 @@ if [[ ! -x .venv/bin/python ]]; then
 fi
 # The runtime dependencies and the dev extra (build for tests/test_wheel.py,
 # mypy and ruff for scripts/check.sh); pip runs only when one is missing.
-if ! .venv/bin/python -c 'import pytest_qemublock, xdist, qemu.qmp, testinfra, build, mypy' 2>/dev/null \
+if ! .venv/bin/python -c 'import pytest_qemublock, xdist, qemu.qmp, testinfra, psutil, build, mypy, importlib.util as u; assert u.find_spec("psutil-stubs")' 2>/dev/null \
         || [[ ! -x .venv/bin/ruff ]]; then
     .venv/bin/pip install -q --disable-pip-version-check -e '.[dev]' >&2
 fi

@@ -23,10 +23,12 @@ The permissions of a file node come from its parent's child role (block.c):
 
 The tools (qemu-img, qemu-io without ``-U``) open through ``blk_new_open``,
 which shares everything (``BDRV_O_NO_SHARE`` is not set by ``info`` or
-qemu-io): a raw image that a QEMU writer holds opens read-only and even
-read-write unless QEMU's users refuse to share write, while a qcow2 image's
-own format node refuses to share write, so ``qemu-img info`` of a qcow2 image
-that a QEMU writer holds fails (``Failed to get shared "write" lock``).
+qemu-io): a raw image that a QEMU writer holds opens (``qemu-img info``, and
+even ``qemu-io`` read-write unless one of QEMU's users refuses to share write:
+the raw format passes the tool's sharing through), while a qcow2 node never
+shares write or resize on its file, so ``qemu-img info`` of a qcow2 image that
+a QEMU writer holds fails (``Failed to get shared "write" lock``), however
+little it asks for itself (BDRV_O_NO_IO: no permission at all).
 """
 from __future__ import annotations
 
@@ -35,10 +37,12 @@ from dataclasses import dataclass
 
 from ..scenario.steps import QEMU_IMG_INFO, QEMU_IO_RW
 
-__all__ = ["ALL", "CONSISTENT_READ", "QEMU_IMG_INFO", "QEMU_IO_RW", "RESIZE", "WRITE", "WRITE_UNCHANGED",
-           "Perms", "file_child", "lock_ranges", "refusal", "second_open", "tool_perms", "union"]
+__all__ = ["ALL", "CONSISTENT_READ", "NONE", "QEMU_IMG_INFO", "QEMU_IO_RW", "RESIZE", "WRITE",
+           "WRITE_UNCHANGED", "Perms", "file_child", "lock_ranges", "refusal", "second_open", "tool_perms",
+           "union"]
 
-# include/block/block-common.h BlkPermission (BLK_PERM_GRAPH_MOD is gone from 7.2 on)
+# include/block/block-common.h BlkPermission: the permissions both builds lock (lock bytes 100-103,
+# 200-203 seen on 7.2.22 and 10.0.2; nothing beyond)
 CONSISTENT_READ, WRITE, WRITE_UNCHANGED, RESIZE = 0x1, 0x2, 0x4, 0x8
 ALL = CONSISTENT_READ | WRITE | WRITE_UNCHANGED | RESIZE
 PASSTHROUGH = ALL  # DEFAULT_PERM_PASSTHROUGH: every permission left
@@ -99,11 +103,17 @@ def lock_ranges(file_perms: Perms) -> tuple[str, ...]:
     return _ranges(held + unshared)
 
 
-def tool_perms(fmt: str, write: bool) -> Perms:
-    """What qemu-io / qemu-img (no -U) take on the image's file node: blk_new_open shares
-    everything, the format's child role does the rest."""
-    bb = Perms(CONSISTENT_READ | (WRITE if write else 0), ALL)
-    return file_child(fmt, bb, writable=write)
+def tool_perms(probe: str, fmt: str) -> Perms:
+    """What a second process (no -U) takes on the image's file node: blk_new_open shares
+    everything; ``qemu-io`` (read-write) takes consistent-read and write; ``qemu-img info``
+    opens with BDRV_O_NO_IO (qemu-img.c collect_image_info_list), so it takes nothing and
+    its qcow2 node adds no consistent-read either; the format's child role does the rest."""
+    if probe == QEMU_IO_RW:
+        return file_child(fmt, Perms(CONSISTENT_READ | WRITE, ALL), writable=True)
+    if probe == QEMU_IMG_INFO:
+        perms = file_child(fmt, Perms(0, ALL), writable=False)
+        return Perms(perms.perm & ~CONSISTENT_READ, perms.shared)
+    raise ValueError(f"unknown second-process probe {probe!r}")
 
 
 def refusal(held: Perms, wanted: Perms) -> str:
@@ -122,9 +132,8 @@ def second_open(probe: str, fmt: str, held: Perms, path: str) -> str:
     """The whole message *probe* (QEMU_IO_RW, QEMU_IMG_INFO) prints for the image at *path*,
     "" if it opens it (qemu-io.c openfile "can't open device", qemu-img.c img_open_file
     "Could not open")."""
-    write = probe == QEMU_IO_RW
-    err = refusal(held, tool_perms(fmt, write))
+    err = refusal(held, tool_perms(probe, fmt))
     if not err:
         return ""
-    head = f"can't open device {path}" if write else f"Could not open '{path}'"
+    head = f"can't open device {path}" if probe == QEMU_IO_RW else f"Could not open '{path}'"
     return f"{head}: {err}\nIs another process using the image [{path}]?"

@@ -192,7 +192,8 @@ def predicted(exp: Expect, bug: KnownBug) -> Expect:
     dev = bug.deviation
     return exp.replace(ok=exp.ok if dev.ok is None else dev.ok,
                        error=dev.error if dev.ok is False else exp.error,
-                       ro={**exp.ro, **dev.ro}, fds={**exp.fds, **dev.fds}, bug=None,
+                       ro={**exp.ro, **dev.ro}, fds={**exp.fds, **dev.fds},
+                       locks={**exp.locks, **dev.locks}, bug=None,
                        because=f"known QEMU bug {bug.reason}")
 
 

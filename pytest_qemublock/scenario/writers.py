@@ -27,13 +27,13 @@ from ..qemu.factory import QemuFactory
 from ..qemu.tools import Tools
 from ..qemu.instance import QemuInstance
 from ..qemu.qmp import QmpError
-from ..host import procfs
 from ..host.listeners import Listener
+from .drive import image_locks, other_process
 from .drive import state as _state
-from .outcome import IMAGE, Outcome, tool_message
-from .steps import (EXPORT, EXPORT_RO, FILE_NODE, FMT_NODE, KINDS, NBD_ADD, QEMU_IMG_INFO, QEMU_IO_RW,
-                    SCSI_CD, SCSI_HD, VIRTIO_BLK, Attach, Detach, Flip, ReadExport, Reopen, Step, User, export,
-                    export_ro, nbd_add, scsi_cd, scsi_hd, virtio_blk)
+from .outcome import IMAGE, Outcome
+from .steps import (EXPORT, EXPORT_RO, FILE_NODE, FMT_NODE, KINDS, NBD_ADD, SCSI_CD, SCSI_HD, VIRTIO_BLK,
+                    Attach, Detach, Flip, ReadExport, Reopen, Step, User, export, export_ro, nbd_add, scsi_cd,
+                    scsi_hd, virtio_blk)
 
 __all__ = ["EXPORT", "EXPORT_RO", "FILE_NODE", "FMT_NODE", "KINDS", "NBD_ADD", "SCSI_CD", "SCSI_HD", "VIRTIO_BLK",
            "Attach", "Detach", "Flip", "ReadExport", "Reopen", "Step", "User", "WriterBench", "export",
@@ -69,41 +69,14 @@ class WriterBench:
 
     def state(self, err: QmpError | None = None, detail: str = "") -> Outcome:
         out = _state(self.vm, (FILE_NODE, FMT_NODE), {IMAGE: self.target.fd_path}, err, detail)
-        out.locks[IMAGE] = self.locks()
-        return out
-
-    def locks(self) -> list[str]:
-        """QEMU's lock ranges on the image ("100-101"), read through its own fd: the image's
-        path may only exist in QEMU's mount namespace."""
-        files = procfs.open_files(self.vm.pid, str(self.target.fd_path))
-        if not files:
-            return []
-        locks = procfs.locks_on(f"/proc/{self.vm.pid}/fd/{files[0].fd}")
-        out = []
-        for lk in sorted(locks, key=lambda lk: lk.start):
-            end = "EOF" if lk.end is None else lk.end
-            text = f"{lk.start}" if lk.start == lk.end else f"{lk.start}-{end}"
-            out.append(text + ("" if lk.access == "READ" else f":{lk.access}"))
+        out.locks[IMAGE] = image_locks(self.vm, self.target.fd_path)
         return out
 
     def others(self, probes: list[str]) -> dict[str, str]:
-        """Open the image from a second process, as QEMU sees it (its wrapper): per probe
-        ("qemu-io rw": ``qemu-io -c quit``; "qemu-img info": without -U) its message, ""
-        if it opened the image."""
+        """Open the image from a second process per probe (drive.other_process), as QEMU
+        sees it (its wrapper): its message, "" if it opened the image."""
         path = str(self.target.fd_path)
-        out = {}
-        for probe in probes:
-            if probe == QEMU_IO_RW:
-                res = self.tools.run("io", "-f", self.fmt, "-c", "quit", path, check=False,
-                                     prefix=self.target.wrapper.prefix)
-            elif probe == QEMU_IMG_INFO:
-                res = self.tools.run("img", "info", "-f", self.fmt, path, check=False,
-                                     prefix=self.target.wrapper.prefix)
-            else:
-                raise ValueError(f"unknown second-process probe {probe!r}")
-            prog = "qemu-io" if probe == QEMU_IO_RW else "qemu-img"
-            out[probe] = "" if res.returncode == 0 else tool_message(res.stderr, prog)
-        return out
+        return {p: other_process(self.tools, p, self.fmt, path, self.target.wrapper.prefix) for p in probes}
 
     # -- steps ---------------------------------------------------------------------------
     def run(self, step: Step) -> Outcome:

@@ -71,13 +71,13 @@ def state(vm: QemuInstance, nodes: Iterable[str], images: Mapping[str, Path | No
 
 
 def image_locks(vm: QemuInstance, path: str | Path | None) -> list[str]:
-    """QEMU's lock ranges on the image at *path* ("100-101", from /proc/locks), read through
-    QEMU's own fd (the path may exist only in QEMU's mount namespace); [] without an fd."""
+    """The lock ranges ("100-101") QEMU holds through its fds for the image at *path* (as
+    QEMU sees it), from their fdinfo: only QEMU's own locks, every fd's (a second fd
+    holding locks shows as repeated ranges); [] without an fd."""
     files = procfs.open_files(vm.pid, str(path)) if path is not None else []
-    if not files:
-        return []
+    locks = [lk for f in files for lk in procfs.fd_locks(vm.pid, f.fd)]
     out = []
-    for lk in sorted(procfs.locks_on(f"/proc/{vm.pid}/fd/{files[0].fd}"), key=lambda lk: lk.start):
+    for lk in sorted(locks, key=lambda lk: lk.start):
         end = "EOF" if lk.end is None else lk.end
         text = f"{lk.start}" if lk.start == lk.end else f"{lk.start}-{end}"
         out.append(text + ("" if lk.access == "READ" else f":{lk.access}"))

@@ -225,7 +225,7 @@ def fd_locks(pid: int, fd: int) -> list[FileLock]:
     several chunks, which under load can repeat lines at a chunk boundary (seen:
     ``100 100 201 201 203``).
     """
-    out = []
+    out: list[FileLock] = []
     try:
         with open(f"/proc/{pid}/fdinfo/{fd}", "rb") as f:
             text = f.read().decode("ascii", "replace")

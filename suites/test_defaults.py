@@ -18,6 +18,7 @@ from pytest_qemublock.qemu.instance import LaunchError
 from pytest_qemublock.scenario import drive, outcome
 from pytest_qemublock.expectations import O_RDONLY, O_RDWR, defaults
 from pytest_qemublock.backends import nbd
+from pytest_qemublock.host.listeners import Listener
 
 pytestmark = pytest.mark.defaults
 
@@ -170,3 +171,62 @@ class _refused:
             self.message = str(ev)
             return True
         return False
+
+
+EXPORTS = {e.id: e for e in defaults.EXPORT_DEFAULTS}
+
+
+def _listed_flags(qemu_tools, socket_path):
+    """The export flags ``qemu-nbd -L`` lists for the server at *socket_path* (nbd/client.c
+    NBD_FLAG_* names: "readonly" is NBD_FLAG_READ_ONLY)."""
+    res = qemu_tools.run("nbd", "-L", "-k", socket_path, check=False)
+    flags = [line for line in res.stdout.splitlines() if line.strip().startswith("flags:")]
+    assert res.returncode == 0 and len(flags) == 1, (
+        f"qemu-nbd -L -k {socket_path} did not list one export: exit {res.returncode}\n{res.stdout}{res.stderr}")
+    return flags[0].strip()
+
+
+@pytest.mark.parametrize("case", matrix.cases(backend_storage=[("file", "rw")], fmt=["raw"],
+                                              variant=list(EXPORTS)))
+def test_export_writable_default(case, targets, qemu, qemu_build, qemu_caps, qemu_tools, qb_evidence):
+    """A read-write node exported with the writability option left out, or given: may clients
+    write (the server leaves NBD_FLAG_READ_ONLY off)?"""
+    exp = EXPORTS[case.variant]
+    target = targets.target("file", "rw", "raw")
+    qb_evidence.note(case=case.describe())
+    if exp.interface in ("qemu-nbd", "qsd"):
+        role = "nbd" if exp.interface == "qemu-nbd" else "qsd"
+        if not qemu_build.has(role):
+            pytest.skip(f"build {qemu_build.name} has no {exp.interface}")
+        if exp.interface == "qemu-nbd":
+            server = nbd.start_qemu_nbd(targets.server_ctx, target.fd_path, readonly=exp.writable is False)
+        else:
+            server = nbd.start_qsd_export(targets.server_ctx, target.fd_path, readonly=False,
+                                          writable={None: None, True: "on", False: "off"}[exp.writable])
+        targets.servers.append(server)
+        path = server.listener.path
+    else:
+        if not qemu_caps.has_command(exp.interface):
+            pytest.skip(f"build {qemu_build.name} has no QMP command {exp.interface}")
+        vm = qemu.start("-blockdev", json.dumps({"driver": "raw", "node-name": "n0",
+                                                 "file": target.node("f0")}))
+        listener = Listener("unix", targets.server_ctx.sockdir, "dflt")
+        try:
+            vm.qmp.pass_fd(listener.fd, "nbdlisten")
+            vm.execute("nbd-server-start", {"addr": {"type": "fd", "data": {"str": "nbdlisten"}}})
+            args = ({"type": "nbd", "id": "e0", "node-name": "n0", "name": "e0"}
+                    if exp.interface == "block-export-add" else {"device": "n0", "name": "e0"})
+            if exp.writable is not None:
+                args["writable"] = exp.writable
+            vm.execute(exp.interface, args)
+            path = listener.path
+            flags = _listed_flags(qemu_tools, path)
+        finally:
+            listener.close()
+    if exp.interface in ("qemu-nbd", "qsd"):
+        flags = _listed_flags(qemu_tools, path)
+    writable = "readonly" not in flags.split("(", 1)[-1].split()
+    assert writable is exp.expect_writable, (
+        f"{case.id} [build {qemu_build.name}]: export {'writable' if writable else 'read-only'} "
+        f"({flags}), expected {'writable' if exp.expect_writable else 'read-only'}\n"
+        f"  because:  {exp.because}")

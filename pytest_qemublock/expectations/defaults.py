@@ -80,3 +80,50 @@ def tool_error(case: ToolCase, p: str, q: str, storage: str) -> str | None:
         return None
     return (case.error.replace("{P}", re.escape(p)).replace("{Q}", re.escape(q))
             .replace("{E}", re.escape(STRERROR[storage])))
+
+
+# -- who may write through an export, when the option is left out --------------------
+
+
+@dataclass(frozen=True)
+class ExportDefault:
+    """One way to export a read-write node, with its writability option given or left out."""
+
+    interface: str  # qemu-nbd | qsd | nbd-server-add | block-export-add
+    writable: bool | None  # the option as given (qemu-nbd: -r is writable=False); None: left out
+    because: str
+
+    @property
+    def id(self) -> str:
+        opt = {None: "omitted", True: "writable", False: "read-only"}[self.writable]
+        return f"{self.interface}-{opt}"
+
+    @property
+    def expect_writable(self) -> bool:
+        """Clients may write (no NBD_FLAG_READ_ONLY): only where writable was asked for, or
+        for qemu-nbd, whose default is read-write."""
+        if self.writable is None:
+            return self.interface == "qemu-nbd"
+        return self.writable
+
+
+_BLOCK_EXPORT = ("qapi/block-export.json BlockExportOptions: '*writable', \"(default: false)\"; "
+                 "block/export/export.c blk_exp_add: writable = export->has_writable && export->writable")
+_NBD_SERVER_ADD = ("qapi/block-export.json NbdServerAddOptions: '*writable', \"(default: false)\"; "
+                   "blockdev-nbd.c qmp_nbd_server_add passes it on to the BlockExportOptions")
+_QEMU_NBD = ("qemu-nbd.c: readonly starts false, only -r/--read-only sets it; the export gets "
+             "writable = !readonly")
+
+EXPORT_DEFAULTS = (
+    ExportDefault("qemu-nbd", None, _QEMU_NBD),
+    ExportDefault("qemu-nbd", False, _QEMU_NBD),
+    ExportDefault("qsd", None, _BLOCK_EXPORT + " (qsd --export parses BlockExportOptions)"),
+    ExportDefault("qsd", True, _BLOCK_EXPORT),
+    ExportDefault("qsd", False, _BLOCK_EXPORT),
+    ExportDefault("nbd-server-add", None, _NBD_SERVER_ADD),
+    ExportDefault("nbd-server-add", True, _NBD_SERVER_ADD),
+    ExportDefault("nbd-server-add", False, _NBD_SERVER_ADD),
+    ExportDefault("block-export-add", None, _BLOCK_EXPORT),
+    ExportDefault("block-export-add", True, _BLOCK_EXPORT),
+    ExportDefault("block-export-add", False, _BLOCK_EXPORT),
+)

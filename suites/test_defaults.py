@@ -5,7 +5,12 @@
 * backing files opened from an image header are read-only
   (``read-only=on,auto-read-only=off`` for COW children);
 * qemu-img / qemu-io / qemu-nbd on read-only storage: read-only uses work,
-  writes fail with the storage's error, even with auto-read-only=on.
+  writes fail with the storage's error, even with auto-read-only=on;
+* who may write through an export when ``writable`` is left out (qemu-nbd:
+  everyone unless ``-r``; qsd ``--export``, ``nbd-server-add``,
+  ``block-export-add``: nobody unless writable=on), read with ``qemu-nbd -L``;
+* read-only of a qcow2 node's ``file``, ``backing`` and ``data-file`` child
+  left out or given, under a read-only and a read-write parent.
 """
 import json
 import re
@@ -18,6 +23,7 @@ from pytest_qemublock.qemu.instance import LaunchError
 from pytest_qemublock.scenario import drive, outcome
 from pytest_qemublock.expectations import O_RDONLY, O_RDWR, defaults
 from pytest_qemublock.backends import nbd
+from pytest_qemublock.host.listeners import Listener
 
 pytestmark = pytest.mark.defaults
 
@@ -170,3 +176,111 @@ class _refused:
             self.message = str(ev)
             return True
         return False
+
+
+EXPORTS = {e.id: e for e in defaults.EXPORT_DEFAULTS}
+
+
+def _listed_flags(qemu_tools, socket_path):
+    """The export flags ``qemu-nbd -L`` lists for the server at *socket_path* (nbd/client.c
+    NBD_FLAG_* names: "readonly" is NBD_FLAG_READ_ONLY)."""
+    res = qemu_tools.run("nbd", "-L", "-k", socket_path, check=False)
+    flags = [line for line in res.stdout.splitlines() if line.strip().startswith("flags:")]
+    assert res.returncode == 0 and len(flags) == 1, (
+        f"qemu-nbd -L -k {socket_path} did not list one export: exit {res.returncode}\n"
+        f"{res.stdout}{res.stderr}")
+    return flags[0].strip()
+
+
+@pytest.mark.parametrize("case", matrix.cases(backend_storage=[("file", "rw")], fmt=["raw"],
+                                              variant=list(EXPORTS)))
+def test_export_writable_default(case, targets, qemu, qemu_build, qemu_caps, qemu_tools, qb_evidence):
+    """A read-write node exported with the writability option left out, or given: may clients
+    write (the server leaves NBD_FLAG_READ_ONLY off)?"""
+    exp = EXPORTS[case.variant]
+    target = targets.target("file", "rw", "raw")
+    qb_evidence.note(case=case.describe())
+    if exp.interface in ("qemu-nbd", "qsd"):
+        role = "nbd" if exp.interface == "qemu-nbd" else "qsd"
+        if not qemu_build.has(role):
+            pytest.skip(f"build {qemu_build.name} has no {exp.interface}")
+        if exp.interface == "qemu-nbd":
+            server = nbd.start_qemu_nbd(targets.server_ctx, target.fd_path, readonly=exp.writable is False)
+        else:
+            server = nbd.start_qsd_export(targets.server_ctx, target.fd_path, readonly=False,
+                                          writable={None: None, True: "on", False: "off"}[exp.writable])
+        targets.servers.append(server)
+        path = server.listener.path
+    else:
+        if not qemu_caps.has_command(exp.interface):
+            pytest.skip(f"build {qemu_build.name} has no QMP command {exp.interface}")
+        vm = qemu.start("-blockdev", json.dumps({"driver": "raw", "node-name": "n0",
+                                                 "file": target.node("f0")}))
+        listener = Listener("unix", targets.server_ctx.sockdir, "dflt")
+        try:
+            vm.qmp.pass_fd(listener.fd, "nbdlisten")
+            vm.execute("nbd-server-start", {"addr": {"type": "fd", "data": {"str": "nbdlisten"}}})
+            args = ({"type": "nbd", "id": "e0", "node-name": "n0", "name": "e0"}
+                    if exp.interface == "block-export-add" else {"device": "n0", "name": "e0"})
+            if exp.writable is not None:
+                args["writable"] = exp.writable
+            vm.execute(exp.interface, args)
+            path = listener.path
+            flags = _listed_flags(qemu_tools, path)
+        finally:
+            listener.close()
+    if exp.interface in ("qemu-nbd", "qsd"):
+        flags = _listed_flags(qemu_tools, path)
+    writable = "readonly" not in flags.split("(", 1)[-1].split()
+    assert writable is exp.expect_writable, (
+        f"{case.id} [build {qemu_build.name}]: export {'writable' if writable else 'read-only'} "
+        f"({flags}), expected {'writable' if exp.expect_writable else 'read-only'}\n"
+        f"  because:  {exp.because}")
+
+
+def _child_images(targets, qemu_tools):
+    """A qcow2 with a qcow2 backing file and a qcow2 with an external raw data file, on
+    writable storage."""
+    st = targets.storage("rw")
+    d = st.directory
+    qemu_tools.img("create", "-f", "qcow2", d / "bk.qcow2", "1M")
+    qemu_tools.img("create", "-f", "qcow2", "-b", "bk.qcow2", "-F", "qcow2", d / "top.qcow2")
+    qemu_tools.img("create", "-f", "qcow2", "-o", f"data_file={d / 'data.raw'},data_file_raw=on",
+                   d / "dq.qcow2", "1M")
+    return st
+
+
+def _child_node_options(role, st, parent_ro, child_ro):
+    d = st.directory
+    child = {} if child_ro is None else {"read-only": child_ro}
+    if role == "file":
+        return {"driver": "qcow2", "node-name": "n0", "read-only": parent_ro,
+                "file": {"driver": "file", "node-name": "c0", "filename": str(d / "top.qcow2"), **child},
+                "backing": None}
+    if role == "backing":
+        return {"driver": "qcow2", "node-name": "n0", "read-only": parent_ro,
+                "file": {"driver": "file", "filename": str(d / "top.qcow2")},
+                "backing": {"driver": "qcow2", "node-name": "c0", "backing": None,
+                            "file": {"driver": "file", "filename": str(d / "bk.qcow2")}, **child}}
+    return {"driver": "qcow2", "node-name": "n0", "read-only": parent_ro,
+            "file": {"driver": "file", "filename": str(d / "dq.qcow2")},
+            "data-file": {"driver": "file", "node-name": "c0", "filename": str(d / "data.raw"), **child}}
+
+
+@pytest.mark.parametrize("case", matrix.cases(
+    backend_storage=[("file", "rw")], fmt=["qcow2"], interface=["qmp"], ro=[True, False],
+    aro=[None], variant=[f"{role}-{opt}" for role in defaults.CHILD_ROLES
+                         for opt in ("ro_omitted", "ro_on", "ro_off")]))
+def test_child_read_only_default(case, targets, qemu, qemu_build, qemu_tools, qb_evidence):
+    """qcow2 n0 with its file, backing or data-file child c0 given inline, c0's read-only left
+    out or given: does c0 open read-only?"""
+    role, opt = case.variant.rsplit("-", 1)
+    child_ro = {"ro_omitted": None, "ro_on": True, "ro_off": False}[opt]
+    st = _child_images(targets, qemu_tools)
+    opts = _child_node_options(role, st, case.ro, child_ro)
+    qb_evidence.note(case=case.describe(), options=opts)
+    vm = qemu.start()
+    exp = defaults.expect_child_read_only(role, case.ro, child_ro)
+    err = vm.execute_error("blockdev-add", opts)
+    got = drive.qmp_failed(err, vm) if err is not None else drive.state(vm, ("n0", "c0"), {})
+    outcome.check(exp, got, what=f"blockdev-add {json.dumps(opts)} ({case.id})", build=qemu_build.name)

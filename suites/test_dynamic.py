@@ -14,11 +14,20 @@ sequence through the rules of file-posix and the permission system.
 On storage that refuses writes the writer is refused with the storage's
 error, and the node stays usable read-only (a read-only export serves the
 image's bytes); flipping the storage to writable lets the writer in.
+
+QEMU's image locks must follow the permissions, not only the fd: after every
+step the suite reads them whole from ``/proc/locks`` (cheap) and, on writable
+storage, opens the image from a second process where they changed (``qemu-io``
+read-write; after the open also ``qemu-img info``, both without ``-U``), against
+``expectations/locks.py``. qcow2 variants (fmt0 qcow2: the format node itself
+writes, so the fd is O_RDWR from the start and a second process is refused
+even a read-only open) run the sequences whose lock state says something new.
 """
 import pytest
 
 from pytest_qemublock.scenario import matrix, outcome
 from pytest_qemublock.expectations import dynamic_aro as dynamic
+from pytest_qemublock.scenario.steps import QEMU_IMG_INFO, QEMU_IO_RW
 from pytest_qemublock.scenario.writers import (Attach, Detach, Flip, ReadExport, Reopen, WriterBench, export,
                                       export_ro, nbd_add, scsi_cd, scsi_hd, virtio_blk)
 
@@ -100,18 +109,24 @@ RO_SEQUENCES = {
                                Reopen(False, True), *refused(E1)],
 }
 
+#: the sequences run with a qcow2 fmt0 too (writable storage): fmt0 writes itself, so the fd
+#: never goes back to O_RDONLY, a reopen to read-only is refused and the locks never change
+QCOW2_VARIANTS = ["export", "export-ro", "scsi-hd", "scsi-cd", "hd+export", "reopen-ro-under-export",
+                  "reopen-aro-off-under-export", "reopen-aro-off-then-aro-on"]
+
 SEQUENCES = {**RW_SEQUENCES, **RO_SEQUENCES}
 RO_STORAGES = [p for p in matrix.backend_storages(["file"]) if p[1] != "rw"]
 
 CASES = (matrix.cases(backend_storage=[("file", "rw")], fmt=["raw"], variant=RW_SEQUENCES)
-         + matrix.cases(backend_storage=RO_STORAGES, fmt=["raw"], variant=RO_SEQUENCES))
+         + matrix.cases(backend_storage=RO_STORAGES, fmt=["raw"], variant=RO_SEQUENCES)
+         + matrix.cases(backend_storage=[("file", "rw")], fmt=["qcow2"], variant=QCOW2_VARIANTS))
 
 
 @pytest.fixture
 def bench(case, qemu, targets, qemu_tools):
     """The QEMU with fmt0 -> f0 for this case; its NBD listening socket is closed after."""
-    target = targets.target(case.backend, case.storage, "raw")
-    b = WriterBench(qemu, target, qemu_tools, targets.server_ctx.sockdir)
+    target = targets.target(case.backend, case.storage, case.fmt)
+    b = WriterBench(qemu, target, qemu_tools, targets.server_ctx.sockdir, fmt=case.fmt)
     yield b
     b.close()
 
@@ -123,19 +138,30 @@ def test_dynamic(case, qemu_build, qemu_caps, qb_evidence, request):
     if reason:
         pytest.skip(f"build {qemu_build.name}: {reason}")
     bench = request.getfixturevalue("bench")
-    model = dynamic.Model(bench.target, qemu_caps)
+    model = dynamic.Model(bench.target, qemu_caps, fmt=case.fmt)
     qb_evidence.note(case=case.describe(), steps=[str(s) for s in steps])
     checks = outcome.CaseCheck("dynamic", case.id, build=qemu_build.name, caps=qemu_caps,
                                context=f"{bench.describe()}, case {case.id}")
     context = checks.context
 
+    # A second process only where the locks changed (a qemu-io costs ~30 ms); the lock ranges
+    # themselves after every step. Not on read-only storage: nobody could open it read-write.
+    probing = case.storage == "rw"
+    got = bench.state()
+    if probing:
+        got.others = bench.others([QEMU_IO_RW, QEMU_IMG_INFO])
     checks.step(model.expect(True, "file-posix with auto-read-only=on opens O_RDONLY and keeps "
                                    "ro=false until a writer attaches (block/file-posix.c "
-                                   "raw_open_common)"),
-                bench.state(), what="after open")
+                                   "raw_open_common); a qcow2 fmt0 takes WRITE on f0 itself "
+                                   "(block.c bdrv_default_perms_for_metadata)"),
+                got, what="after open")
     for n, step in enumerate(steps, 1):
         expected = model.step(step)
-        if checks.step(expected, bench.run(step), what=f"step {n} ({step})"):
+        before = got.locks
+        got = bench.run(step)
+        if probing and got.locks != before:
+            got.others = bench.others([QEMU_IO_RW])
+        if checks.step(expected, got, what=f"step {n} ({step})"):
             model.bug_seen(expected.bug)
 
     # No step writes data (no guest runs, nobody writes through the exports): the image,

@@ -16,7 +16,10 @@ the command, and jobs that would finish at once run with ``speed=1`` until
 ``block-job-set-speed 0`` (or the cancel). After the job's event the nodes
 and fds are checked again, no job may be left, and once QEMU has quit the
 data is read back with the build's qemu-io (each recipe pattern at its
-offset) and the untouched layers are compared bit for bit.
+offset) and the untouched layers are compared bit for bit. After every step
+QEMU's image locks per layer are read from ``/proc/locks``, and ``qemu-img
+info`` (no ``-U``) opens each layer whose locks changed: refused while its
+qcow2 node is read-write, allowed again once the job gave it back.
 
 On storage that refuses writes (erofs, eacces) every job fails cleanly with
 the storage's error, no job is left and every layer is bit-identical; a base
@@ -72,12 +75,15 @@ def test_job(case, qemu, qemu_build, qemu_caps, qemu_tools, targets, qb_evidence
 
     steps = outcome.CaseCheck("jobs", case.id, build=build, caps=qemu_caps, context=context)
     vm = qemu.start(*args, wrapper=chain.storage.wrapper)
-    steps.step(layout.opened, chains.state(vm, chain), what="after open")
+    # locks after every step; qemu-img info (no -U) of each layer whose locks changed
+    got = chains.state_and_others(vm, chain, qemu_tools, None)
+    steps.step(layout.opened, got, what="after open")
 
     for plan in rules.plans():
         what = plan.describe()
         err = vm.execute_error(plan.command, plan.arguments)
-        steps.step(plan.start, chains.state(vm, chain, err), what=f"{what} (right after the command)")
+        got = chains.state_and_others(vm, chain, qemu_tools, got, err)
+        steps.step(plan.start, got, what=f"{what} (right after the command)")
         running = chains.block_jobs(vm)
         if err is not None:
             assert running == [], (
@@ -96,7 +102,8 @@ def test_job(case, qemu, qemu_build, qemu_caps, qemu_tools, targets, qb_evidence
             f"{what} [build {build}; {context}]: expected no job left after {plan.event}; "
             f"query-block-jobs shows {left}")
         # a known bug here (the base left read-write) changes nothing below: same data either way
-        steps.step(plan.end, chains.state(vm, chain), what=f"{what} (after {plan.event})")
+        got = chains.state_and_others(vm, chain, qemu_tools, got)
+        steps.step(plan.end, got, what=f"{what} (after {plan.event})")
 
     problems = qemu.shutdown_all()
     assert not problems, problems

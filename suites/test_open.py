@@ -57,3 +57,25 @@ def test_open(case, targets, qemu, qemu_build, qemu_caps, qb_evidence):
     outcome.check(expected, observed, what=f"open {case.id}", build=qemu_build.name)
     if target.readonly:
         drive.assert_untouched(qemu, target, what, "although the storage refuses writes")
+
+
+#: one NBD server of each kind (unix socket: the transport does not change the message)
+RO_EXPORTS = [(b, s) for b, s in _BACKENDS if b.startswith("nbd-") and b.endswith("-unix") and s == "ro"]
+
+
+@pytest.mark.parametrize("case", matrix.cases(backend_storage=RO_EXPORTS, fmt=["proto"], interface=["qmp"],
+                                              ro=[False], aro=[False], variant=["export_message"]))
+def test_read_only_export_message(case, targets, qemu_build, qemu_caps, qb_evidence):
+    """The message of a refused read-write open of a read-only NBD export, per server kind:
+    the one case that carries known bug nbd-ro-export-message-lost (the matrix above matches
+    the current text)."""
+    target = targets.shared(case.backend, case.storage, "raw")
+    opts = node_options(case, target)
+    qb_evidence.note(case=case.describe(), options=opts)
+    checks = outcome.CaseCheck("open", case.id, build=qemu_build.name, caps=qemu_caps)
+    vm = targets.hotplug_qemu(target)
+    checks.step(expectations.expect_read_only_export_message(), drive.add_node(vm, opts, target),
+                what=f"open {case.id}")
+    drive.assert_released(vm, target, f"open {case.id} [build {qemu_build.name}]",
+                          "although the export is read-only")
+    checks.finish()

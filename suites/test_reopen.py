@@ -12,7 +12,11 @@
 * a qcow2 node over a separate auto-read-only protocol node (libvirt's layout);
 * the storage flip: degraded on read-only storage, storage made writable,
   reopened read-write (O_RDWR), written, reopened read-only, storage made
-  read-only again, read-write refused again.
+  read-only again, read-write refused again;
+* on file backends, QEMU's image locks after every step (``/proc/locks``):
+  none for a protocol node nobody uses, whatever its flags; the qcow2 node's
+  own under it, and a second process (qemu-io read-write, qemu-img info, no
+  ``-U``) opening the image where they changed (writable storage).
 
 The file backends and one NBD server (qemu-nbd over unix) run the whole
 table; every other NBD pair runs its sharpest case (the transport and server
@@ -27,6 +31,8 @@ from pytest_qemublock.backends import registry
 from pytest_qemublock.backends.base import READONLY_KINDS
 from pytest_qemublock.host.process import ProcessError, describe_status
 from pytest_qemublock.expectations import reopen as rules
+from pytest_qemublock.scenario.outcome import IMAGE
+from pytest_qemublock.scenario.steps import QEMU_IMG_INFO, QEMU_IO_RW
 from pytest_qemublock.storage.images import Pattern
 
 pytestmark = pytest.mark.reopen
@@ -71,19 +77,31 @@ def where(target, case):
     return f"on {target.describe()} ({case.id})"
 
 
+def locked(got, vm, target):
+    """*got* plus QEMU's locks on the image (file backends: the only ones with locks)."""
+    if target.driver == "file" and not got.died:
+        got.locks[IMAGE] = drive.image_locks(vm, target.fd_path)
+    return got
+
+
+def start_state(target, caps, start):
+    return rules.no_locks(rules.expect_start(target, caps, start), target)
+
+
 def refused_keeps(exp, current, opts):
     """A refused reopen must leave the node as it was: *exp* with *current*'s state."""
     if exp.ok:
         return exp
     kept = rules.unchanged(current, f"{rules.describe(opts)} was refused")
-    return exp.replace(ro=kept.ro, fds=kept.fds, because=f"{exp.because}; {kept.because}")
+    return exp.replace(ro=kept.ro, fds=kept.fds, locks=kept.locks, others=kept.others,
+                       because=f"{exp.because}; {kept.because}")
 
 
 def check_reopen(vm, target, caps, build, current, opts, *, what):
     """Reopen n0 to *opts*, check the outcome and, if refused, that nothing changed.
     Returns the expected state afterwards."""
-    exp = rules.expect_reopen(target, caps, current, opts)
-    attempt = drive.reopen_node(vm, target.node("n0", **opts), target)
+    exp = rules.no_locks(rules.expect_reopen(target, caps, current, opts), target)
+    attempt = locked(drive.reopen_node(vm, target.node("n0", **opts), target), vm, target)
     outcome.check(refused_keeps(exp, current, opts), attempt, what=what, build=build)
     return exp if exp.ok else current
 
@@ -105,8 +123,8 @@ def test_reopen_and_back(case, targets, qemu, qemu_build, qemu_caps, qb_evidence
     build = qemu_build.name
     qb_evidence.note(case=case.describe(), start=start, reopen=to)
     vm = qemu.start(wrapper=target.wrapper)
-    current = rules.expect_start(target, qemu_caps, start)
-    outcome.check(current, drive.add_node(vm, target.node("n0", **start), target),
+    current = start_state(target, qemu_caps, start)
+    outcome.check(current, locked(drive.add_node(vm, target.node("n0", **start), target), vm, target),
                   what=f"blockdev-add n0 {rules.describe(start)} {where(target, case)}", build=build)
 
     for step, opts in (("blockdev-reopen", to), ("blockdev-reopen back", start)):
@@ -125,7 +143,7 @@ def test_reopen_and_back(case, targets, qemu, qemu_build, qemu_caps, qb_evidence
 @pytest.mark.parametrize("case", matrix.cases(backend_storage=FULL_PAIRS, fmt=["qcow2"],
                                               variant=["rw_and_back"]))
 def test_reopen_format_node_over_auto_read_only_child(case, targets, qemu, qemu_build, qemu_caps,
-                                                      qb_evidence):
+                                                      qemu_tools, qb_evidence):
     """qcow2 ``n0`` read-only=on over a separate ``p0`` (read-only=off, auto-read-only=on)."""
     target = targets.target(case.backend, case.storage, "qcow2")
     build = qemu_build.name
@@ -134,8 +152,21 @@ def test_reopen_format_node_over_auto_read_only_child(case, targets, qemu, qemu_
     qb_evidence.note(case=case.describe(), child=child, node=fmt)
     vm = qemu.start(wrapper=target.wrapper)
     vm.execute("blockdev-add", child)
+    # a second process where the locks changed, on writable storage (elsewhere nobody could
+    # open the image read-write anyway; the locks are read everywhere)
+    probing = target.driver == "file" and case.storage == "rw"
+
+    def observed(got, before=None):
+        got = locked(got, vm, target)
+        if probing and got.locks != before:
+            prefix = target.wrapper.prefix
+            got.others = {p: drive.other_process(qemu_tools, p, "qcow2", target.fd_path, prefix)
+                          for p in (QEMU_IO_RW, QEMU_IMG_INFO)}
+        return got
+
     current = rules.expect_format_start(target, qemu_caps)
-    outcome.check(current, drive.add_node(vm, {**fmt, "read-only": True}, target),
+    got = observed(drive.add_node(vm, {**fmt, "read-only": True}, target))
+    outcome.check(current, got,
                   what=f"blockdev-add qcow2 n0 read-only=true over p0 (auto-read-only=on) "
                        f"{where(target, case)}",
                   build=build)
@@ -143,8 +174,9 @@ def test_reopen_format_node_over_auto_read_only_child(case, targets, qemu, qemu_
     for ro in (False, True):
         exp = rules.expect_format_reopen(target, qemu_caps, ro)
         what = f"blockdev-reopen qcow2 n0 to read-only={str(ro).lower()} over p0 {where(target, case)}"
-        attempt = drive.reopen_node(vm, {**fmt, "read-only": ro}, target)
-        outcome.check(refused_keeps(exp, current, {"read-only": ro}), attempt, what=what, build=build)
+        got = observed(drive.reopen_node(vm, {**fmt, "read-only": ro}, target), got.locks)
+        outcome.check(refused_keeps(exp, current, {"read-only": ro}), got, what=what, build=build)
+        current = exp if exp.ok else current
 
     check_reads(vm, target, f"after the reopens {where(target, case)}", build)
     if target.readonly:
@@ -167,15 +199,15 @@ def test_reopen_follows_storage_flip(case, targets, qemu, qemu_build, qemu_caps,
     rw, ro = TARGETS["to_rw"], TARGETS["to_ro"]
     qb_evidence.note(case=case.describe(), start=start)
     vm = qemu.start(wrapper=target.wrapper)
-    current = rules.expect_start(target, qemu_caps, start)
-    outcome.check(current, drive.add_node(vm, target.node("n0", **start), target),
+    current = start_state(target, qemu_caps, start)
+    outcome.check(current, locked(drive.add_node(vm, target.node("n0", **start), target), vm, target),
                   what=f"blockdev-add n0 {rules.describe(start)} {where(target, case)}", build=build)
 
     target.make_writable()
     current = check_reopen(vm, target, qemu_caps, build, current, rw,
                            what=f"blockdev-reopen n0 to {rules.describe(rw)} after make_writable() "
                                 f"{where(target, case)}")
-    wrote = drive.qemu_io_write(vm, "n0", FLIP_WRITE, target)
+    wrote = locked(drive.qemu_io_write(vm, "n0", FLIP_WRITE, target), vm, target)
     outcome.check(rules.expect_write_after_flip(current), wrote,
                        what=f"hmp qemu-io write {FLIP_WRITE.io_args()} to n0 {where(target, case)}",
                        build=build)
@@ -214,15 +246,15 @@ def test_reopen_read_only_after_unchanged_reopen(case, targets, qemu, qemu_build
     start = case.options()
     checks = outcome.CaseCheck("reopen", case.id, build=build, caps=qemu_caps)
     vm = qemu.start(wrapper=target.wrapper)
-    current = rules.expect_start(target, qemu_caps, start)
-    outcome.check(current, drive.add_node(vm, target.node("n0", **start), target),
+    current = start_state(target, qemu_caps, start)
+    outcome.check(current, locked(drive.add_node(vm, target.node("n0", **start), target), vm, target),
                   what=f"blockdev-add n0 {rules.describe(start)} {where(target, case)}", build=build)
     current = check_reopen(vm, target, qemu_caps, build, current, start,
                            what=f"blockdev-reopen n0 to the same {rules.describe(start)} "
                                 f"{where(target, case)}")
     ro = TARGETS["to_ro"]
-    checks.step(rules.expect_read_only_after_unchanged(target, qemu_caps, current),
-                drive.reopen_node(vm, target.node("n0", **ro), target),
+    checks.step(rules.no_locks(rules.expect_read_only_after_unchanged(target, qemu_caps, current), target),
+                locked(drive.reopen_node(vm, target.node("n0", **ro), target), vm, target),
                 what=f"blockdev-reopen n0 to {rules.describe(ro)} after an unchanged reopen "
                      f"{where(target, case)}")
     checks.finish()

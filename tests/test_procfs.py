@@ -51,6 +51,24 @@ def test_locks_are_whole_ranges_as_the_kernel_merged_them(tmp_path):
     assert procfs.locks_on(path) == []
 
 
+def test_fd_locks_are_the_locks_of_one_open_file_only(tmp_path):
+    """fdinfo names the owner: another open file's locks on the same inode are left out."""
+    path = tmp_path / "image"
+    path.write_bytes(b"\0" * 4096)
+    mine, other = os.open(path, os.O_RDONLY), os.open(path, os.O_RDONLY)
+    try:
+        _ofd_lock(mine, fcntl.F_RDLCK, 100, 2)
+        _ofd_lock(mine, fcntl.F_RDLCK, 203, 1)
+        _ofd_lock(other, fcntl.F_RDLCK, 201, 1)
+        got = [(lk.kind, lk.access, lk.start, lk.end) for lk in procfs.fd_locks(os.getpid(), mine)]
+        assert got == [("OFDLCK", "READ", 100, 101), ("OFDLCK", "READ", 203, 203)]
+        assert [lk.start for lk in procfs.fd_locks(os.getpid(), other)] == [201]
+    finally:
+        os.close(mine)
+        os.close(other)
+    assert procfs.fd_locks(os.getpid(), mine) == []
+
+
 def test_process_states_and_groups():
     proc = subprocess.Popen(["sleep", "60"], start_new_session=True)
     try:

@@ -21,6 +21,8 @@ from dataclasses import dataclass
 from .base import Target
 
 # Error texts (regexes).
+#: what QEMU says today; it means "NBD export is read-only" (known bug nbd-ro-export-message-lost in
+#: scenario/known_bugs.py, asserted per NBD server kind by test_open.py test_read_only_export_message)
 NBD_RO_EXPORT = r"Could not open image: Permission denied"
 NBD_CANT_REOPEN_RW = r"Can't reopen read-only NBD mount as read/write"
 CURL_NO_WRITES = r"curl driver does not support writes"

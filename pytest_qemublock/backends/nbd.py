@@ -137,15 +137,22 @@ def start_qemu_nbd(ctx: ServerContext, image: Path, *, readonly: bool, transport
 
 
 def start_qsd_export(ctx: ServerContext, image: Path, *, readonly: bool, transport: str = "unix",
-                     wrapper: Wrapper = Wrapper()) -> NbdServer:
-    """``qemu-storage-daemon --nbd-server addr.type=fd`` exporting a raw node."""
+                     wrapper: Wrapper = Wrapper(), writable: str | None = "") -> NbdServer:
+    """``qemu-storage-daemon --nbd-server addr.type=fd`` exporting a raw node.
+
+    *writable*: the export's ``writable=`` as given ("on"/"off"; None: left out, to see the
+    default); "" (the default) says what *readonly* says.
+    """
     listener = Listener(transport, ctx.sockdir, "qsd")
     node = {"driver": "raw", "node-name": "n0", "read-only": readonly,
             "file": {"driver": "file", "filename": str(image), "read-only": readonly}}
+    if writable == "":
+        writable = "off" if readonly else "on"
+    export = "type=nbd,id=e0,node-name=n0,name=e0" + ("" if writable is None else f",writable={writable}")
     argv = [str(ctx.build.path("qsd")),
             "--blockdev", json.dumps(node),
             "--nbd-server", f"addr.type=fd,addr.str={listener.fd},max-connections=16",
-            "--export", f"type=nbd,id=e0,node-name=n0,name=e0,writable={'off' if readonly else 'on'}"]
+            "--export", export]
     proc = ctx.registry.spawn([*wrapper.prefix, *argv], name="qsd-nbd", log_dir=ctx.evidence.log_dir,
                               env={**ctx.build.env, **wrapper.env}, pass_fds=[listener.fd],
                               program=Path(argv[0]).name)

@@ -15,7 +15,8 @@ from __future__ import annotations
 
 from .common import (NBD_CANT_REOPEN_RW, NBD_RO_EXPORT, NODE_IS_READ_ONLY, O_RDONLY, O_RDWR, Expect,
                      dynamic, image_fd, open_failed)
-from .open import effective_aro, expect_open
+from .open import effective_aro, expect_open, expect_read_only_export_message
 
 __all__ = ["NBD_CANT_REOPEN_RW", "NBD_RO_EXPORT", "NODE_IS_READ_ONLY", "O_RDONLY", "O_RDWR", "Expect",
-           "dynamic", "effective_aro", "expect_open", "image_fd", "open_failed"]
+           "dynamic", "effective_aro", "expect_open", "expect_read_only_export_message", "image_fd",
+           "open_failed"]

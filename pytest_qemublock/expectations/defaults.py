@@ -4,6 +4,10 @@ Defaults and inheritance: ``-drive`` turns auto-read-only on (blockdev.c
 blockdev_init), backing (COW) children open read-only with auto-read-only off
 (block.c bdrv_inherited_options), and the tools open their images with a
 BlockBackend that asks for WRITE at once, so auto-read-only cannot save them.
+Exports are read-only unless asked (BlockExportOptions / NbdServerAddOptions
+``writable`` default false) except qemu-nbd's (read-write unless ``-r``); a
+child left without read-only inherits the parent's, a backing child is
+read-only (block.c bdrv_inherited_options).
 """
 from __future__ import annotations
 
@@ -11,7 +15,7 @@ import re
 from dataclasses import dataclass
 
 from ..qemu.capabilities import Capabilities
-from .common import O_RDONLY, O_RDWR, Expect, image_fd, dynamic
+from .common import NODE_IS_READ_ONLY, O_RDONLY, O_RDWR, Expect, dynamic, image_fd
 
 
 def expect_classic_drive(fmt: str, readonly_storage: bool, ro: bool, error: str, caps: Capabilities) -> Expect:
@@ -80,3 +84,91 @@ def tool_error(case: ToolCase, p: str, q: str, storage: str) -> str | None:
         return None
     return (case.error.replace("{P}", re.escape(p)).replace("{Q}", re.escape(q))
             .replace("{E}", re.escape(STRERROR[storage])))
+
+
+# -- who may write through an export, when the option is left out --------------------
+
+
+@dataclass(frozen=True)
+class ExportDefault:
+    """One way to export a read-write node, with its writability option given or left out."""
+
+    interface: str  # qemu-nbd | qsd | nbd-server-add | block-export-add
+    writable: bool | None  # the option as given (qemu-nbd: -r is writable=False); None: left out
+    because: str
+
+    @property
+    def id(self) -> str:
+        opt = {None: "omitted", True: "writable", False: "read-only"}[self.writable]
+        return f"{self.interface}-{opt}"
+
+    @property
+    def expect_writable(self) -> bool:
+        """Clients may write (no NBD_FLAG_READ_ONLY): only where writable was asked for, or
+        for qemu-nbd, whose default is read-write."""
+        if self.writable is None:
+            return self.interface == "qemu-nbd"
+        return self.writable
+
+
+_BLOCK_EXPORT = ("qapi/block-export.json BlockExportOptions: '*writable', \"(default: false)\"; "
+                 "block/export/export.c blk_exp_add: writable = export->has_writable && export->writable")
+_NBD_SERVER_ADD = ("qapi/block-export.json NbdServerAddOptions: '*writable', \"(default: false)\"; "
+                   "blockdev-nbd.c qmp_nbd_server_add passes it on to the BlockExportOptions")
+_QEMU_NBD = ("qemu-nbd.c: readonly starts false, only -r/--read-only sets it; the export gets "
+             "writable = !readonly")
+
+EXPORT_DEFAULTS = (
+    ExportDefault("qemu-nbd", None, _QEMU_NBD),
+    ExportDefault("qemu-nbd", False, _QEMU_NBD),
+    ExportDefault("qsd", None, _BLOCK_EXPORT + " (qsd --export parses BlockExportOptions)"),
+    ExportDefault("qsd", True, _BLOCK_EXPORT),
+    ExportDefault("qsd", False, _BLOCK_EXPORT),
+    ExportDefault("nbd-server-add", None, _NBD_SERVER_ADD),
+    ExportDefault("nbd-server-add", True, _NBD_SERVER_ADD),
+    ExportDefault("nbd-server-add", False, _NBD_SERVER_ADD),
+    ExportDefault("block-export-add", None, _BLOCK_EXPORT),
+    ExportDefault("block-export-add", True, _BLOCK_EXPORT),
+    ExportDefault("block-export-add", False, _BLOCK_EXPORT),
+)
+
+
+# -- read-only of a child node, when its own read-only is left out --------------------
+
+#: child roles of a qcow2 node: the option that opens it
+CHILD_ROLES = ("file", "backing", "data-file")
+
+
+def expect_child_read_only(role: str, parent_ro: bool, child_ro: bool | None) -> Expect:
+    """``blockdev-add`` qcow2 ``n0`` (read-only=*parent_ro*) with the child *role* given inline
+    as node ``c0`` (read-only=*child_ro*, None: left out). ``ok``, and ``ro`` of both nodes.
+
+    block.c bdrv_inherited_options: a COW child (``backing``) gets read-only=on and
+    auto-read-only=off unless it says otherwise ("backing files are opened read-only by
+    default"); every other child (``file``: primary/metadata, ``data-file``: BDRV_CHILD_DATA,
+    block/qcow2.c qcow2_do_open) inherits the parent's read-only unless it sets its own
+    (qdict_copy_default). An explicit value always wins.
+    """
+    given = "left out" if child_ro is None else f"read-only={'on' if child_ro else 'off'}"
+    parent = f"qcow2 read-only={'on' if parent_ro else 'off'}"
+    if child_ro is None:
+        ro = True if role == "backing" else parent_ro
+        rule = ("a backing child defaults to read-only=on (bdrv_inherited_options, BDRV_CHILD_COW)"
+                if role == "backing" else f"the {role} child inherits the parent's read-only "
+                                          "(bdrv_inherited_options, qdict_copy_default)")
+    else:
+        ro, rule = child_ro, "an explicit read-only wins over the default and the parent's"
+    because = f"{parent}, {role} {given}: {rule}"
+    if not parent_ro and ro and role == "file":
+        # a read-write qcow2 writes its metadata to file at once
+        return Expect(False, error=NODE_IS_READ_ONLY,
+                      because=f"{because}; a read-write qcow2 takes WRITE on its file child at once "
+                              "(block.c bdrv_default_perms_for_storage, BDRV_CHILD_METADATA: 'format "
+                              "drivers may touch metadata even if the guest doesn't write'), which a "
+                              "read-only node refuses (bdrv_node_refresh_perm)")
+    if not parent_ro and ro and role == "data-file":
+        because += ("; data-file is a pure BDRV_CHILD_DATA child: it gets WRITE only once a user of "
+                    "n0 writes (bdrv_default_perms_for_storage passes the parents' permissions "
+                    "through), so the open succeeds with a read-only data file under a read-write "
+                    "qcow2 node")
+    return Expect(True, ro={"n0": parent_ro, "c0": ro}, because=because)

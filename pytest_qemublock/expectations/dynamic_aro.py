@@ -44,6 +44,8 @@ from ..scenario.outcome import IMAGE, Expect
 from ..scenario.steps import (EXPORT, EXPORT_RO, FILE_NODE, FMT_NODE, NBD_ADD, SCSI_CD, SCSI_HD, VIRTIO_BLK,
                        Attach, Detach, Flip, ReadExport, Reopen, Step, User)
 from .common import NODE_IS_READ_ONLY, O_RDONLY, O_RDWR, dynamic, open_failed
+from .locks import (ALL, CONSISTENT_READ, QEMU_IMG_INFO, QEMU_IO_RW, RESIZE, WRITE, WRITE_UNCHANGED, Perms,
+                    file_child, lock_ranges, second_open, union)
 
 #: commands each step kind needs (capability guards, not version numbers)
 _COMMANDS = {EXPORT: "block-export-add", EXPORT_RO: "block-export-add", NBD_ADD: "nbd-server-add",
@@ -81,6 +83,23 @@ def _shares_write(u: User) -> bool:
     return u.kind in (EXPORT, EXPORT_RO, NBD_ADD) or u.share_rw
 
 
+def _perms(u: User) -> Perms:
+    """The permissions *u* takes on fmt0 and what it shares.
+
+    Exports: nbd/server.c nbd_export_create takes consistent-read (+ write if
+    writable) and shares everything but resize ("Don't allow resize while the NBD
+    server is running"); devices: hw/block/block.c blkconf_apply_backend_options
+    shares consistent-read, write-unchanged, resize if resizable (scsi-hd and
+    virtio-blk; not scsi-cd: hw/scsi/scsi-disk.c scsi_realize passes
+    ``dev->type == TYPE_DISK``) and write only with share-rw=on.
+    """
+    take = CONSISTENT_READ | (WRITE if _writes(u) else 0)
+    if not u.is_device:
+        return Perms(take, ALL & ~RESIZE)
+    resizable = RESIZE if u.kind != SCSI_CD else 0
+    return Perms(take, CONSISTENT_READ | WRITE_UNCHANGED | resizable | (WRITE if u.share_rw else 0))
+
+
 def _parent_name(u: User) -> str:
     """How block.c names the user in a permission conflict (bdrv_child_user_desc)."""
     if not u.is_device:
@@ -103,10 +122,15 @@ def _ids(users: list[User]) -> str:
 
 @dataclass
 class Model:
-    """What fmt0 -> f0 (file, auto-read-only=on) does, step by step."""
+    """What fmt0 -> f0 (file, auto-read-only=on) does, step by step.
+
+    fmt0 is raw (passes its users' permissions through) or qcow2 (takes write on
+    f0 itself while writable: the fd is O_RDWR from the start, see locks.file_child).
+    """
 
     target: Target
     caps: Capabilities
+    fmt: str = "raw"  # fmt0's driver
     ro: bool = False  # f0's read-only flag
     aro: bool = True  # f0's auto-read-only flag
     users: list[User] = field(default_factory=list)  # attached, oldest first
@@ -120,6 +144,22 @@ class Model:
         if not dynamic(self.caps):
             raise ValueError("the dynamic model only describes builds with dynamic-auto-read-only")
         self.refuses = self.target.readonly
+        if self.fmt_writes:
+            self.fd = self.recorded = O_RDWR
+
+    @property
+    def fmt_writes(self) -> bool:
+        """fmt0 itself takes WRITE on f0 (qcow2 metadata, bdrv_default_perms_for_metadata)."""
+        return self.fmt != "raw"
+
+    def file_perms(self) -> Perms:
+        """What f0 holds for fmt0 and fmt0's users now."""
+        return file_child(self.fmt, union(_perms(u) for u in self.users))
+
+    def others(self) -> dict[str, str]:
+        """What a second process (qemu-io read-write, qemu-img info, no -U) gets now."""
+        path = str(self.target.fd_path)
+        return {p: second_open(p, self.fmt, self.file_perms(), path) for p in (QEMU_IO_RW, QEMU_IMG_INFO)}
 
     # -- helpers -------------------------------------------------------------------------
     @property
@@ -132,7 +172,7 @@ class Model:
             return O_RDONLY
         if not aro:
             return O_RDWR
-        return O_RDWR if any(_writes(u) for u in users) else O_RDONLY
+        return O_RDWR if self.fmt_writes or any(_writes(u) for u in users) else O_RDONLY
 
     def storage_text(self) -> str:
         return (f"{self.target.describe()} refuses writes" if self.refuses
@@ -141,7 +181,8 @@ class Model:
     def expect(self, ok: bool, because: str, error: str | None = None, bug: KnownBug | None = None
                ) -> Expect:
         return Expect(ok, error, ro={FILE_NODE: self.ro, FMT_NODE: False},
-                      fds={IMAGE: self.fd}, because=because, bug=bug)
+                      fds={IMAGE: self.fd}, locks={IMAGE: lock_ranges(self.file_perms())},
+                      others=self.others(), because=because, bug=bug)
 
     def bug_seen(self, bug: KnownBug) -> None:
         """QEMU showed *bug* at the last step: go on along the buggy timeline."""
@@ -222,7 +263,9 @@ class Model:
                                           f"read-only with its {self.fd} fd (the new fd's open failed in "
                                           f"raw_check_perm, so file-posix keeps the old one)", error=err)
             self.users.append(user)
-            if writers:
+            if self.fmt_writes:
+                why = f"{self.fmt} fmt0 itself already writes (metadata): the fd is already {self.fd}"
+            elif writers:
                 why = (f"{_ids(writers)} already write(s): the fd is already {self.fd}" if self.fd == O_RDWR
                        else why)
             else:
@@ -249,7 +292,9 @@ class Model:
         err, why, bug = self.refresh(remaining, self.ro, self.aro)
         assert err is None, "dropping permissions never needs a new O_RDWR fd in these sequences"
         left = [u for u in remaining if _writes(u)]
-        if left:
+        if self.fmt_writes:
+            because = f"{self.fmt} fmt0 itself keeps WRITE on f0 (metadata): the fd stays {self.fd}"
+        elif left:
             because = f"{_ids(left)} still write(s): the fd stays {self.fd}"
         elif not self.aro and not self.ro:
             because = f"auto-read-only=off: the fd stays read-write without writers too; {why}"
@@ -263,8 +308,9 @@ class Model:
     def reopen(self, ro: bool, aro: bool) -> Expect:
         opts = f"{{read-only: {str(ro).lower()}, auto-read-only: {str(aro).lower()}}}"
         writers = self.writers
-        if ro and writers:
-            return self.expect(False, f"reopen {opts} with {_ids(writers)} writing: block.c "
+        if ro and (writers or self.fmt_writes):
+            who = _ids(writers) if writers else f"{self.fmt} fmt0 (metadata writes)"
+            return self.expect(False, f"reopen {opts} with {who} writing: block.c "
                                       f"bdrv_node_refresh_perm refuses, the reopen is aborted and the fd "
                                       f"stays {self.fd} (bdrv_reopen_abort)",
                                error=re.escape(f"Read-only block node '{FILE_NODE}' cannot support "
@@ -285,8 +331,9 @@ class Model:
         elif not aro:
             because = (f"auto-read-only=off: a read-write node keeps an O_RDWR fd whether or not "
                        f"anyone writes; {why}")
-        elif writers:
-            because = f"auto-read-only=on with {_ids(writers)} writing: the fd stays O_RDWR; {why}"
+        elif writers or self.fmt_writes:
+            who = _ids(writers) if writers else f"{self.fmt} fmt0 (metadata writes)"
+            because = f"auto-read-only=on with {who} writing: the fd stays O_RDWR; {why}"
         else:
             because = f"auto-read-only=on and no writer: dynamic mode, O_RDONLY fd; {why}"
         return self.expect(True, because, bug=bug)

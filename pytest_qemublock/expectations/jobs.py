@@ -36,6 +36,17 @@ from ..qemu.capabilities import Capabilities
 from ..scenario.known_bugs import ACTIVE_COMMIT_ABORT, ACTIVE_COMMIT_SOFT_CANCEL, KnownBug
 from ..scenario.outcome import Expect
 from .common import NODE_IS_READ_ONLY, O_RDONLY, O_RDWR, dynamic
+from .locks import (ALL, CONSISTENT_READ, NONE, QEMU_IMG_INFO, WRITE, WRITE_UNCHANGED, Perms, file_child,
+                    lock_ranges, second_open)
+
+#: what a job puts above a layer while it runs, as a parent of the layer's format node:
+#: block/commit.c commit_start and block/mirror.c commit_active_start block every node between
+#: top and base ("intermediate node", block_job_add_bdrv) sharing only write and write-unchanged:
+#: consistent read is not shared, the node's data is about to go (file-posix lock byte 200);
+JOB_INTERMEDIATE = Perms(0, WRITE | WRITE_UNCHANGED)
+#: block/stream.c stream_start puts a copy-on-read filter above the top, which writes the data it
+#: copies up as write-unchanged (lock byte 102)
+STREAM_COR = Perms(CONSISTENT_READ | WRITE_UNCHANGED, ALL)
 
 
 #: variants that run on every storage; the others only on writable storage
@@ -130,8 +141,11 @@ class Rules:
 
     # -- states ---------------------------------------------------------------------------
     def state(self, *, base_rw: bool = False, top_rw: bool | None = None, ok: bool = True,
-              error: str | None = None, because: str, bug: KnownBug | None = None) -> Expect:
-        """The chain with base-fmt / top-fmt read-write or not; fds follow the rules."""
+              error: str | None = None, because: str, bug: KnownBug | None = None, job: str = ""
+              ) -> Expect:
+        """The chain with base-fmt / top-fmt read-write or not (while *job*, "commit" or "stream",
+        runs); fds and the layers' image locks follow the rules (expectations/locks.py: a qcow2
+        node takes write and resize on its file while read-write, and never shares them)."""
         top_rw = (not self.top_ro) if top_rw is None else top_rw
         base_file_ro = self.variant == "base-file-ro"
         static_base = self.variant == "base-file-aro-off"
@@ -141,7 +155,15 @@ class Rules:
         fds = {"base": O_RDWR if (base_rw or static_base) else O_RDONLY,
                "mid": O_RDONLY,
                "top": O_RDWR if top_rw else O_RDONLY}
-        return Expect(ok, error, ro=ro, fds=fds, because=because, bug=bug)
+        above = {"base": NONE, "mid": JOB_INTERMEDIATE if job == "commit" else NONE,
+                 "top": STREAM_COR if job == "stream" else NONE}
+        rw = {"base": base_rw, "mid": False, "top": top_rw}
+        perms = {layer: file_child("qcow2", above[layer], writable=rw[layer]) for layer in above}
+        locks = {layer: lock_ranges(p) for layer, p in perms.items()}
+        others = {f"{QEMU_IMG_INFO} {layer}": second_open(QEMU_IMG_INFO, "qcow2", p,
+                                                          str(self.chain.path(layer)))
+                  for layer, p in perms.items()}
+        return Expect(ok, error, ro=ro, fds=fds, locks=locks, others=others, because=because, bug=bug)
 
     def layout(self) -> Layout:
         parts = ["base-fmt and mid-fmt read-only=on, every file node auto-read-only=on: dynamic "
@@ -191,7 +213,7 @@ class Rules:
         args = {**args, "speed": 1}
         if self.refuses:
             return JobPlan("block-commit", args, self._refused_open("base", "block-commit"))
-        during = self.state(base_rw=True, because=(
+        during = self.state(base_rw=True, job="commit", because=(
             "block/commit.c commit_start: the base is read-only, so it is reopened read-write for the "
             "job (s->base_read_only); the read-write qcow2 takes WRITE on base-file, whose fd switches "
             "to O_RDWR. speed=1 keeps the job running so this state is seen for sure"))
@@ -214,7 +236,7 @@ class Rules:
         args = {"job-id": "s", "device": "top-fmt", "speed": 1}
         if self.refuses:
             return JobPlan("block-stream", args, self._refused_open("top", "block-stream"))
-        during = self.state(top_rw=True, because=(
+        during = self.state(top_rw=True, job="stream", because=(
             "block/stream.c stream_start: the top is read-only, so it is reopened read-write for the "
             "job (bs_read_only); top-file's fd switches to O_RDWR. speed=1 keeps the job running"))
         return JobPlan("block-stream", args, during, statuses=("running",), finish=("set-speed-0",),
@@ -227,7 +249,7 @@ class Rules:
             args = {**args, "speed": 1}
         if self.refuses:
             return JobPlan("block-commit", args, self._refused_open("base", "active block-commit"))
-        during = self.state(base_rw=True, because=(
+        during = self.state(base_rw=True, job="commit", because=(
             "block/mirror.c commit_active_start: the base is read-only, so it is reopened read-write "
             "before the mirror job starts; base-file's fd switches to O_RDWR"))
         if variant == "active-commit-complete":

@@ -1,11 +1,14 @@
 """Expectations of the open scenario (suites/test_open.py)."""
 from __future__ import annotations
 
+import re
+
 from ..backends.base import Target
 from ..scenario.matrix import Case
 from ..qemu.capabilities import Capabilities
 from .common import NBD_RO_EXPORT, NODE_IS_READ_ONLY, O_RDONLY, O_RDWR, Expect, image_fd, dynamic, open_failed
 from ..backends import drivers
+from ..scenario.known_bugs import NBD_RO_EXPORT_MESSAGE_LOST
 
 #: where each protocol driver refuses a read-write open (see backends/drivers.py)
 _REFUSED_IN = {"nbd": "block/nbd.c", "http": "block/curl.c curl_open",
@@ -81,3 +84,16 @@ def expect_open(case: Case, target: Target, caps: Capabilities) -> Expect:
     return Expect(True, ro={"n0": True},
                   because=f"{opts}: degrades; the {target.driver} node shows ro=true "
                           f"(bdrv_apply_auto_read_only in {_REFUSED_IN.get(target.driver, target.driver)})")
+
+
+#: block/nbd.c nbd_handle_updated_info: bdrv_apply_auto_read_only(bs, "NBD export is read-only", errp)
+NBD_EXPORT_IS_READ_ONLY = "NBD export is read-only"
+
+
+def expect_read_only_export_message() -> Expect:
+    """``blockdev-add`` read-write (auto-read-only off) of a read-only NBD export: the message
+    QEMU means to give (the open matrix matches today's text, see the known bug)."""
+    return Expect(False, error=re.escape(NBD_EXPORT_IS_READ_ONLY), bug=NBD_RO_EXPORT_MESSAGE_LOST,
+                  because="the server flags the export NBD_FLAG_READ_ONLY; without auto-read-only "
+                          "block.c bdrv_apply_auto_read_only refuses with the reason block/nbd.c "
+                          "nbd_handle_updated_info gives it")

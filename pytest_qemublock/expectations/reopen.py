@@ -14,7 +14,12 @@
   NBD_FLAG_READ_ONLY and ignores auto-read-only, so even
   the options the node was opened with are refused;
 * a refused reopen aborts the whole transaction (bdrv_reopen_abort): the
-  node keeps its flags and its fd.
+  node keeps its flags and its fd;
+* image locks (file-posix, expectations/locks.py): a protocol node nobody
+  uses holds no permission, so no lock byte, whatever its flags; under a
+  qcow2 node its file holds what the format takes (read-only: consistent
+  read, write and resize unshared; read-write: write and resize too), and
+  a second process sees that.
 """
 from __future__ import annotations
 
@@ -27,6 +32,27 @@ from .common import NBD_CANT_REOPEN_RW, NODE_IS_READ_ONLY, O_RDONLY, O_RDWR, Exp
 from ..backends import drivers
 from .open import expect_open
 from ..scenario.known_bugs import EMPTY_REOPEN_ABORTS, STALE_FLAGS_REOPEN_RO
+from ..scenario.outcome import IMAGE
+from .locks import NONE, QEMU_IMG_INFO, QEMU_IO_RW, file_child, lock_ranges, second_open
+
+
+def no_locks(exp: Expect, target: Target) -> Expect:
+    """*exp* plus: a file node without parents holds no lock byte (no permission taken:
+    raw_apply_lock_bytes locks only held and unshared permissions)."""
+    if target.driver != "file":
+        return exp
+    return exp.replace(locks={IMAGE: ()}, because=f"{exp.because}; no parent, no permission: no image lock")
+
+
+def _format_locks(target: Target, read_only: bool) -> dict[str, Any]:
+    """Expect fields: the locks of p0 under qcow2 n0 and what a second process (no -U) gets
+    (file backends only)."""
+    if target.driver != "file":
+        return {}
+    perms = file_child("qcow2", NONE, writable=not read_only)
+    path = str(target.fd_path)
+    return {"locks": {IMAGE: lock_ranges(perms)},
+            "others": {p: second_open(p, "qcow2", perms, path) for p in (QEMU_IO_RW, QEMU_IMG_INFO)}}
 
 
 def flags(opts: Mapping[str, Any]) -> tuple[bool, bool]:
@@ -56,7 +82,8 @@ def expect_start(target: Target, caps: Capabilities, opts: Mapping[str, Any]) ->
 
 def unchanged(current: Expect, why: str) -> Expect:
     """The state *current* again: a refused step must not touch the node."""
-    return Expect(True, ro=dict(current.ro), fds=dict(current.fds),
+    return Expect(True, ro=dict(current.ro), fds=dict(current.fds), locks=dict(current.locks),
+                  others=dict(current.others),
                   because=f"{why}; a refused reopen is rolled back (bdrv_reopen_abort), so the node keeps "
                           f"its state: {current.because}")
 
@@ -132,7 +159,10 @@ def expect_format_start(target: Target, caps: Capabilities) -> Expect:
     p0, fd = _child(target, caps)
     return Expect(True, ro={"n0": True, "p0": p0}, fds=image_fd(fd),
                   because="a read-only qcow2 asks its child for no WRITE, so p0 stays as auto-read-only "
-                          "made it (file: ro=false, O_RDONLY; nbd: ro as the export)")
+                          "made it (file: ro=false, O_RDONLY; nbd: ro as the export); it takes "
+                          "consistent read and shares neither write nor resize (block.c "
+                          "bdrv_default_perms_for_metadata)",
+                  **_format_locks(target, True))
 
 
 def expect_format_reopen(target: Target, caps: Capabilities, read_only: bool) -> Expect:
@@ -141,11 +171,16 @@ def expect_format_reopen(target: Target, caps: Capabilities, read_only: bool) ->
     if read_only:
         return Expect(True, ro={"n0": True, "p0": p0}, fds=image_fd(fd),
                       because="qcow2 back to read-only drops its WRITE on p0; the dynamic file node "
-                              "returns to O_RDONLY (file-posix raw_reconfigure_getfd)")
+                              "returns to O_RDONLY (file-posix raw_reconfigure_getfd), its write and "
+                              "resize lock bytes go",
+                      **_format_locks(target, True))
     if not target.readonly:
-        return Expect(True, ro={"n0": False, "p0": False}, fds=image_fd(O_RDWR if target.driver == "file" else None),
-                      because="a read-write qcow2 takes WRITE on p0 (bdrv_default_perms_for_storage); the "
-                              "auto-read-only file node switches to O_RDWR")
+        return Expect(True, ro={"n0": False, "p0": False},
+                      fds=image_fd(O_RDWR if target.driver == "file" else None),
+                      because="a read-write qcow2 takes WRITE and RESIZE on p0 (block.c "
+                              "bdrv_default_perms_for_metadata); the auto-read-only file node switches "
+                              "to O_RDWR and locks bytes 101 and 103 too",
+                      **_format_locks(target, False))
     if target.driver == "file":
         return Expect(False, error=open_failed(target),
                       because="qcow2 read-write needs WRITE on p0; the file node must reopen O_RDWR, "
@@ -172,7 +207,7 @@ FLIP_BACK = ("the storage can only be made read-only again once QEMU holds no O_
 def expect_write_after_flip(current: Expect) -> Expect:
     """HMP ``qemu-io write`` on ``n0`` once the storage accepts writes and ``n0`` was
     reopened read-write (*current*): it succeeds and the node stays as it was."""
-    return Expect(True, ro=dict(current.ro), fds=dict(current.fds),
+    return Expect(True, ro=dict(current.ro), fds=dict(current.fds), locks=dict(current.locks),
                   because="the storage accepts writes now and n0 is read-write with an O_RDWR fd, "
                           "so the writer needs no reopen (file-posix raw_check_perm: nothing to change)")
 

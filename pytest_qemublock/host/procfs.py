@@ -216,6 +216,33 @@ def locks_on(path: str | Path) -> list[FileLock]:
     return out
 
 
+def fd_locks(pid: int, fd: int) -> list[FileLock]:
+    """The locks held through one open file description: the ``lock:`` lines of
+    ``/proc/PID/fdinfo/FD`` (fs/locks.c locks_show_fdinfo), sorted by offset.
+
+    Unlike :func:`locks_on` this names the owner (QEMU's own fd, not whoever else
+    locks the inode) and is one short read: ``/proc/locks`` is a seq_file read in
+    several chunks, which under load can repeat lines at a chunk boundary (seen:
+    ``100 100 201 201 203``).
+    """
+    out: list[FileLock] = []
+    try:
+        with open(f"/proc/{pid}/fdinfo/{fd}", "rb") as f:
+            text = f.read().decode("ascii", "replace")
+    except OSError:
+        return out
+    for line in text.splitlines():
+        # "lock:\t1: OFDLCK ADVISORY  READ -1 fe:00:2150377 100 101"
+        if not line.startswith("lock:"):
+            continue
+        cols = line.split()[1:]
+        if len(cols) < 8 or cols[1] == "->":
+            continue
+        out.append(FileLock(cols[1], cols[3], int(cols[6]),
+                            None if cols[7] == "EOF" else int(cols[7]), int(cols[4])))
+    return sorted(out, key=lambda lk: lk.start)
+
+
 # -- sockets ---------------------------------------------------------------------------
 
 

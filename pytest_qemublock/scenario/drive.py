@@ -21,7 +21,8 @@ from ..qemu.instance import LaunchError, QemuInstance
 from ..qemu.qmp import QmpError
 from ..qemu.tools import IO_DONE, IO_FAILED, QemuIoResult, Tools
 from ..storage.images import Pattern
-from .outcome import IMAGE, Outcome, startup_message
+from .outcome import IMAGE, Outcome, startup_message, tool_message
+from .steps import QEMU_IMG_INFO, QEMU_IO_RW
 
 
 def qemu_opt_escape(value: str) -> str:
@@ -67,6 +68,35 @@ def state(vm: QemuInstance, nodes: Iterable[str], images: Mapping[str, Path | No
     fds = {label: procfs.fd_modes(vm.pid, path) for label, path in images.items() if path is not None}
     return Outcome(err is None, err.desc if err else "", err.error_class if err else "", ro, fds,
                    detail=detail, vm=vm)
+
+
+def image_locks(vm: QemuInstance, path: str | Path | None) -> list[str]:
+    """The lock ranges ("100-101") QEMU holds through its fds for the image at *path* (as
+    QEMU sees it), from their fdinfo: only QEMU's own locks, every fd's (a second fd
+    holding locks shows as repeated ranges); [] without an fd."""
+    files = procfs.open_files(vm.pid, str(path)) if path is not None else []
+    locks = [lk for f in files for lk in procfs.fd_locks(vm.pid, f.fd)]
+    out = []
+    for lk in sorted(locks, key=lambda lk: lk.start):
+        end = "EOF" if lk.end is None else lk.end
+        text = f"{lk.start}" if lk.start == lk.end else f"{lk.start}-{end}"
+        out.append(text + ("" if lk.access == "READ" else f":{lk.access}"))
+    return out
+
+
+def other_process(tools: Tools, probe: str, fmt: str, path: str | Path, prefix: tuple[str, ...] = ()
+                  ) -> str:
+    """Open the image at *path* from a second process, without -U (*probe*: ``qemu-io rw``:
+    ``qemu-io -c quit``, ``qemu-img info``); its message without the program prefix, ""
+    if it opened the image. *prefix*: the wrapper QEMU runs in (its view of the path)."""
+    if probe == QEMU_IO_RW:
+        res = tools.run("io", "-f", fmt, "-c", "quit", path, check=False, prefix=prefix)
+    elif probe == QEMU_IMG_INFO:
+        res = tools.run("img", "info", "-f", fmt, path, check=False, prefix=prefix)
+    else:
+        raise ValueError(f"unknown second-process probe {probe!r}")
+    prog = "qemu-io" if probe == QEMU_IO_RW else "qemu-img"
+    return "" if res.returncode == 0 else tool_message(res.stderr, prog)
 
 
 def observe(vm: QemuInstance, interface: str, target: Target, err: QmpError | None = None,

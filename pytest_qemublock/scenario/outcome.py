@@ -57,6 +57,11 @@ class Expect:
     error: str | None = None  # regex that must match the *whole* error message
     ro: Mapping[str, bool] = field(default_factory=dict)  # node-name -> query-named-block-nodes ro
     fds: Mapping[str, str] = field(default_factory=dict)  # image label -> mode of QEMU's one fd for it
+    #: image label -> QEMU's lock ranges on it (/proc/locks, "100-101"), when the scenario reads them
+    locks: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    #: second process (e.g. "qemu-io rw") -> its error text, "" if it may open the image; checked
+    #: for the probes the step really ran
+    others: Mapping[str, str] = field(default_factory=dict)
     because: str = ""
     bug: KnownBug | None = None  # a known QEMU bug makes QEMU deviate here (see CaseCheck)
 
@@ -66,6 +71,8 @@ class Expect:
         else:
             head = "succeeds" if self.ok else f"fails with {shown(self.error)}"
         state = [f"{n}.ro={v}" for n, v in self.ro.items()] + [f"{k} fd {m}" for k, m in self.fds.items()]
+        state += [f"{k} locks {' '.join(r) or 'none'}" for k, r in self.locks.items()]
+        state += [f"{p} {'refused: ' + repr(t) if t else 'opens it'}" for p, t in self.others.items()]
         return head + (", then " + ", ".join(state) if state else "")
 
     def replace(self, **changes: Any) -> Expect:
@@ -89,6 +96,8 @@ class Outcome:
     error_class: str = ""  # QMP error class, if any
     ro: dict[str, bool | None] = field(default_factory=dict)  # None: node missing
     fds: dict[str, list[str]] = field(default_factory=dict)  # image label -> modes of QEMU's fds
+    locks: dict[str, list[str]] = field(default_factory=dict)  # image label -> QEMU's lock ranges
+    others: dict[str, str] = field(default_factory=dict)  # second process -> its error ("" opened)
     blk_ro: bool | None = None  # query-block inserted.ro (-drive only)
     detail: str = ""  # extra output worth showing (e.g. qemu-io's)
     died: str = ""  # how QEMU ended if it died meanwhile ("killed by SIGABRT")
@@ -103,7 +112,9 @@ class Outcome:
         else:
             head = "failed: " + (f"[{self.error_class}] " if self.error_class else "") + self.error.strip()
         state = ([f"{n}.ro={'missing' if v is None else v}" for n, v in self.ro.items()]
-                 + [f"{k} fd {','.join(m) or 'none'}" for k, m in self.fds.items()])
+                 + [f"{k} fd {','.join(m) or 'none'}" for k, m in self.fds.items()]
+                 + [f"{k} locks {' '.join(r) or 'none'}" for k, r in self.locks.items()]
+                 + [f"{p} {'refused: ' + repr(t) if t else 'opened it'}" for p, t in self.others.items()])
         if self.blk_ro is not None:
             state.append(f"query-block ro={self.blk_ro}")
         text = head + (", then " + ", ".join(state) if state else "")
@@ -161,6 +172,17 @@ def mismatches(exp: Expect, got: Outcome) -> list[str]:
         modes = got.fds.get(label, [])
         if modes != [mode]:
             out.append(f"{label} fd modes {modes or 'none'}, expected one {mode} fd")
+    for label, ranges in exp.locks.items():
+        have = got.locks.get(label)
+        if have != list(ranges):
+            out.append(f"{label} locks {'not read' if have is None else ' '.join(have) or 'none'}, "
+                       f"expected {' '.join(ranges) or 'none'}")
+    for probe, text in got.others.items():
+        if probe not in exp.others:
+            out.append(f"{probe} ran but nothing is expected of it")
+        elif text != exp.others[probe]:
+            out.append(f"{probe} {'refused: ' + repr(text) if text else 'opened the image'}, expected "
+                       f"{'refusal ' + repr(exp.others[probe]) if exp.others[probe] else 'it to open it'}")
     # -drive: the BlockBackend's view must agree with the node's
     if got.blk_ro is not None and "n0" in exp.ro and got.blk_ro != exp.ro["n0"]:
         out.append(f"query-block inserted.ro={got.blk_ro}, expected {exp.ro['n0']}")
@@ -172,7 +194,8 @@ def predicted(exp: Expect, bug: KnownBug) -> Expect:
     dev = bug.deviation
     return exp.replace(ok=exp.ok if dev.ok is None else dev.ok,
                        error=dev.error if dev.ok is False else exp.error,
-                       ro={**exp.ro, **dev.ro}, fds={**exp.fds, **dev.fds}, bug=None,
+                       ro={**exp.ro, **dev.ro}, fds={**exp.fds, **dev.fds},
+                       locks={**exp.locks, **dev.locks}, bug=None,
                        because=f"known QEMU bug {bug.reason}")
 
 

@@ -15,6 +15,9 @@ from ..storage.local import Storage
 #: node names on the bench
 FILE_NODE, FMT_NODE = "f0", "fmt0"
 
+#: second processes that open the bench's image (WriterBench.others)
+QEMU_IO_RW, QEMU_IMG_INFO = "qemu-io rw", "qemu-img info"
+
 #: kinds of users and what they need from fmt0
 EXPORT, EXPORT_RO, NBD_ADD, SCSI_HD, SCSI_CD, VIRTIO_BLK = (
     "export", "export-ro", "nbd-server-add", "scsi-hd", "scsi-cd", "virtio-blk")

@@ -3,13 +3,15 @@
 A :class:`WriterBench` is one QEMU (``-M pc``, a virtio-scsi-pci bus, an NBD
 server) holding the node pair the dynamic scenario is about::
 
-    fmt0 (raw)  ->  f0 (file, auto-read-only=on, on the target's storage)
+    fmt0 (raw or qcow2)  ->  f0 (file, auto-read-only=on, on the target's storage)
 
 and runs steps on it: users attach to ``fmt0`` and leave, ``f0`` is reopened,
 the storage is flipped, a read-only export is read back. Each step returns a
 :class:`~pytest_qemublock.scenario.outcome.Outcome` with ``f0``/``fmt0``'s ``ro``
-and the access mode of QEMU's fd for the image, observed *after* the step
-(and after its completion event, for detaches).
+the access mode of QEMU's fd for the image and the locks QEMU holds through
+it (``/proc/locks``), observed *after* the step (and after its completion
+event, for detaches). :meth:`WriterBench.others` opens the image from a second
+process (qemu-io, qemu-img) to see what QEMU's locks let it do.
 
 The NBD server gets its listening socket from us (:class:`Listener` +
 ``getfd``), because an EACCES-storage QEMU runs as uid 65534 and could not
@@ -26,6 +28,7 @@ from ..qemu.tools import Tools
 from ..qemu.instance import QemuInstance
 from ..qemu.qmp import QmpError
 from ..host.listeners import Listener
+from .drive import image_locks, other_process
 from .drive import state as _state
 from .outcome import IMAGE, Outcome
 from .steps import (EXPORT, EXPORT_RO, FILE_NODE, FMT_NODE, KINDS, NBD_ADD, SCSI_CD, SCSI_HD, VIRTIO_BLK,
@@ -39,13 +42,15 @@ __all__ = ["EXPORT", "EXPORT_RO", "FILE_NODE", "FMT_NODE", "KINDS", "NBD_ADD", "
 class WriterBench:
     """One QEMU with fmt0 -> f0 (auto-read-only=on) and the means to add and remove users."""
 
-    def __init__(self, qemu: QemuFactory, target: Target, tools: Tools, sockdir: Any) -> None:
+    def __init__(self, qemu: QemuFactory, target: Target, tools: Tools, sockdir: Any, fmt: str = "raw"
+                 ) -> None:
         if target.fd_path is None:
             raise ValueError(f"{target.describe()}: the writer bench needs a file backend")
         self.target = target
         self.tools = tools
         self.f0 = target.node(FILE_NODE, **{"auto-read-only": True})
-        self.fmt0 = {"driver": "raw", "node-name": FMT_NODE, "file": FILE_NODE}
+        self.fmt = fmt
+        self.fmt0 = {"driver": fmt, "node-name": FMT_NODE, "file": FILE_NODE}
         self.vm: QemuInstance = qemu.start(
             "-blockdev", json.dumps(self.f0), "-blockdev", json.dumps(self.fmt0),
             "-device", "virtio-scsi-pci,id=scsi0", machine="pc", wrapper=target.wrapper)
@@ -59,11 +64,19 @@ class WriterBench:
         self.attached: dict[str, User] = {}
 
     def describe(self) -> str:
-        return (f"{FMT_NODE} raw over {FILE_NODE} file auto-read-only=on, "
+        return (f"{FMT_NODE} {self.fmt} over {FILE_NODE} file auto-read-only=on, "
                 f"{self.target.describe()} ({self.target.fd_path})")
 
     def state(self, err: QmpError | None = None, detail: str = "") -> Outcome:
-        return _state(self.vm, (FILE_NODE, FMT_NODE), {IMAGE: self.target.fd_path}, err, detail)
+        out = _state(self.vm, (FILE_NODE, FMT_NODE), {IMAGE: self.target.fd_path}, err, detail)
+        out.locks[IMAGE] = image_locks(self.vm, self.target.fd_path)
+        return out
+
+    def others(self, probes: list[str]) -> dict[str, str]:
+        """Open the image from a second process per probe (drive.other_process), as QEMU
+        sees it (its wrapper): its message, "" if it opened the image."""
+        path = str(self.target.fd_path)
+        return {p: other_process(self.tools, p, self.fmt, path, self.target.wrapper.prefix) for p in probes}
 
     # -- steps ---------------------------------------------------------------------------
     def run(self, step: Step) -> Outcome:

@@ -16,11 +16,9 @@ four independent safety nets:
 from __future__ import annotations
 
 import atexit
-import functools
 import os
 import select
 import shlex
-import shutil
 import signal
 import subprocess
 import threading
@@ -31,58 +29,17 @@ from pathlib import Path
 from types import FrameType
 from typing import IO
 
-from ..errors import QemuBlockError
 from . import sandbox
+from .commands import ProcessError as ProcessError
+from .commands import popen_args
+from .commands import describe_status as describe_status
+from .commands import format_argv as format_argv
+from .commands import run as run
 from .journal import RUN_ENV, StateDir, StateJournal, new_token
 from .procfs import start_ticks
 from .started import STARTED as STARTED
 from .started import StartCounter as StartCounter
 from .started import program_of
-
-
-class ProcessError(QemuBlockError):
-    """A process failed to start, died early, or did not stop in time."""
-
-
-
-
-def format_argv(argv: Sequence[str]) -> str:
-    """Render a command line so it can be pasted into a shell."""
-    return shlex.join(str(a) for a in argv)
-
-
-def describe_status(returncode: int | None) -> str:
-    """Human-readable exit status: ``exit status 1`` or ``killed by SIGSEGV``."""
-    if returncode is None:
-        return "still running"
-    if returncode < 0:
-        try:
-            return f"killed by {signal.Signals(-returncode).name}"
-        except ValueError:
-            return f"killed by signal {-returncode}"
-    return f"exit status {returncode}"
-
-
-@functools.lru_cache(maxsize=1)
-def _setpriv() -> str:
-    # PATH may be narrowed to pick the QEMU under test: util-linux's own place counts too
-    found = shutil.which("setpriv") or shutil.which("setpriv", path="/usr/bin:/bin")
-    if found is None:
-        raise ProcessError("setpriv is not installed (Debian package util-linux): every process "
-                           "is started with its death signal set by it")
-    return found
-
-
-def _popen_args(argv: list[str]) -> tuple[list[str], dict[str, object]]:
-    """The argv and Popen keywords that start *argv* in a process group of its own,
-    with a death signal so it never outlives a SIGKILLed pytest.
-
-    A ``preexec_fn`` forces ``fork()`` of the whole pytest process (~5 ms for a
-    worker of 80 MB, paid on every QEMU start); without one, CPython uses
-    ``vfork()`` (~0.1 ms) and util-linux's ``setpriv --pdeathsig`` sets the
-    death signal in the child instead (~1 ms of exec, in the child).
-    """
-    return [_setpriv(), "--pdeathsig", "SIGKILL", "--", *argv], {"process_group": 0}
 
 
 @dataclass
@@ -307,7 +264,7 @@ class ProcessRegistry:
         err_path = log_dir / f"{stem}.stderr"
         env_delta = dict(env or {})
         full_env = {**os.environ, RUN_ENV: self.token, **env_delta}
-        run_argv, how = _popen_args(argv)
+        run_argv, how = popen_args(argv)
         with open(out_path, "wb") as out, open(err_path, "wb") as err:
             try:
                 with sandbox.ours():  # the run's own: into its sandbox, if there is one
@@ -366,48 +323,3 @@ class ProcessRegistry:
                 self._journal.sync(live)
             except OSError:
                 pass
-
-
-def run(
-    argv: Sequence[str | os.PathLike[str]],
-    *,
-    timeout: float,
-    env: Mapping[str, str] | None = None,
-    check: bool = False,
-    input: bytes | None = None,
-    program: str | None = None,
-) -> subprocess.CompletedProcess[str]:
-    """Run a short-lived tool (qemu-img, qemu-io, mount...) with a hard timeout.
-
-    The child gets the same death signal as long-running ones; on timeout its
-    whole process group is killed. *program*: as for :meth:`ProcessRegistry.spawn`.
-    """
-    args = [os.fspath(a) for a in argv]
-    full_env = {**os.environ, **(env or {})}
-    run_argv, how = _popen_args(args)
-    try:
-        with sandbox.ours():
-            proc = subprocess.Popen(  # type: ignore[call-overload]
-                run_argv, stdin=subprocess.PIPE if input is not None else subprocess.DEVNULL,
-                stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=full_env, **how)
-    except OSError as e:
-        raise ProcessError(f"cannot run {format_argv(args)}: {e.strerror}") from None
-    STARTED.note(program_of(args, program))
-    try:
-        out, err = proc.communicate(input, timeout=timeout)
-    except subprocess.TimeoutExpired:
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except OSError:
-            pass
-        proc.communicate()
-        raise ProcessError(f"timed out after {timeout:.1f}s: {format_argv(args)}") from None
-    result = subprocess.CompletedProcess(
-        args, proc.returncode, out.decode("utf-8", "replace"), err.decode("utf-8", "replace")
-    )
-    if check and result.returncode != 0:
-        raise ProcessError(
-            f"{format_argv(args)} failed ({describe_status(result.returncode)}):\n"
-            f"{result.stderr.strip() or result.stdout.strip()}"
-        )
-    return result

@@ -11,14 +11,14 @@ from typing import TYPE_CHECKING
 import pytest
 
 from .evidence import TestEvidence, safe_name
-from .qemu import build as build_mod
 from .host.journal import StateDirError
+from .qemu import build as build_mod
 from .qemu import crashes
 from .qemu.build import BuildError
 from .qemu.capabilities import Capabilities
 from .qemu.context import RunContext
-from .qemu.probing import ProbeError
 from .qemu.factory import QemuFactory
+from .qemu.probing import ProbeError
 from .session import (
     EVIDENCE_KEY,
     FAILED_KEY,
@@ -29,8 +29,8 @@ from .session import (
 from .storage.images import ImageFactory, Tools
 
 if TYPE_CHECKING:
-    from .backends.provisioner import Provisioner
     from .backends.pool import TargetPool
+    from .backends.provisioner import Provisioner
 
 
 @pytest.fixture(scope="session")

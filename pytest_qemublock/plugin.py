@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import shutil
 from collections.abc import Generator
-from typing import Any
 
 import pytest
 
 from . import config as config_mod
 from .evidence import safe_name
-from .qemu import build as build_mod
 from .host.journal import StateDirError
+from .qemu import build as build_mod
 from .qemu import crashes
 from .qemu.build import BuildError
 from .qemu.probing import ProbeError

@@ -21,13 +21,12 @@ import pytest
 from .config import Settings
 from .errors import QemuBlockError
 from .evidence import TestEvidence
-from .host import procfs
+from .host import leftovers, procfs, sandbox
 from .host.journal import StateDir, default_state_dir, new_token, reap_stale
 from .host.process import ProcessRegistry
 from .qemu.build import BuildError, QemuBuild, resolve_builds
 from .qemu.capabilities import Capabilities, load_capabilities
 from .qemu.instance import Timeouts
-from .host import leftovers, sandbox
 
 SESSION_KEY = pytest.StashKey["QemuBlockSession"]()
 EVIDENCE_KEY = pytest.StashKey[TestEvidence]()

@@ -17,13 +17,12 @@ import re
 
 import pytest
 
-from pytest_qemublock.host import procfs
-from pytest_qemublock.scenario import matrix
-from pytest_qemublock.qemu.instance import LaunchError
-from pytest_qemublock.scenario import drive, outcome
-from pytest_qemublock.expectations import O_RDONLY, O_RDWR, defaults
 from pytest_qemublock.backends import nbd
+from pytest_qemublock.expectations import O_RDONLY, O_RDWR, defaults
+from pytest_qemublock.host import procfs
 from pytest_qemublock.host.listeners import Listener
+from pytest_qemublock.qemu.instance import LaunchError
+from pytest_qemublock.scenario import drive, matrix, outcome
 
 pytestmark = pytest.mark.defaults
 

@@ -24,11 +24,10 @@ from pathlib import Path
 
 import pytest
 
-from pytest_qemublock.host import leftovers, procfs
-from pytest_qemublock.scenario import matrix
-from pytest_qemublock.scenario import drive, outcome
 from pytest_qemublock.backends import registry
 from pytest_qemublock.expectations import degrade
+from pytest_qemublock.host import leftovers, procfs
+from pytest_qemublock.scenario import drive, matrix, outcome
 from pytest_qemublock.storage.images import Pattern
 from pytest_qemublock.storage.local import qemu_socket_dir
 

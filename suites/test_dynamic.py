@@ -25,11 +25,23 @@ even a read-only open) run the sequences whose lock state says something new.
 """
 import pytest
 
-from pytest_qemublock.scenario import matrix, outcome
 from pytest_qemublock.expectations import dynamic_aro as dynamic
+from pytest_qemublock.scenario import matrix, outcome
 from pytest_qemublock.scenario.steps import QEMU_IMG_INFO, QEMU_IO_RW
-from pytest_qemublock.scenario.writers import (Attach, Detach, Flip, ReadExport, Reopen, WriterBench, export,
-                                      export_ro, nbd_add, scsi_cd, scsi_hd, virtio_blk)
+from pytest_qemublock.scenario.writers import (
+    Attach,
+    Detach,
+    Flip,
+    ReadExport,
+    Reopen,
+    WriterBench,
+    export,
+    export_ro,
+    nbd_add,
+    scsi_cd,
+    scsi_hd,
+    virtio_blk,
+)
 
 pytestmark = [pytest.mark.dynamic,
               pytest.mark.qemu_requires(feature="BlockdevOptions.file:dynamic-auto-read-only")]

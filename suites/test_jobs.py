@@ -29,8 +29,8 @@ from pathlib import Path
 
 import pytest
 
-from pytest_qemublock.scenario import chains, matrix, outcome
 from pytest_qemublock.expectations import jobs
+from pytest_qemublock.scenario import chains, matrix, outcome
 
 pytestmark = [pytest.mark.jobs,
               pytest.mark.qemu_requires(feature="BlockdevOptions.file:dynamic-auto-read-only")]

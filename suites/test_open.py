@@ -7,8 +7,7 @@ for a bare protocol node (``proto``) and for a qcow2 node over it.
 import pytest
 
 from pytest_qemublock import expectations
-from pytest_qemublock.scenario import matrix
-from pytest_qemublock.scenario import drive, outcome
+from pytest_qemublock.scenario import drive, matrix, outcome
 
 pytestmark = pytest.mark.open
 

@@ -26,11 +26,11 @@ import json
 
 import pytest
 
-from pytest_qemublock.scenario import drive, matrix, outcome
 from pytest_qemublock.backends import registry
 from pytest_qemublock.backends.base import READONLY_KINDS
-from pytest_qemublock.host.process import ProcessError, describe_status
 from pytest_qemublock.expectations import reopen as rules
+from pytest_qemublock.host.process import ProcessError, describe_status
+from pytest_qemublock.scenario import drive, matrix, outcome
 from pytest_qemublock.scenario.outcome import IMAGE
 from pytest_qemublock.scenario.steps import QEMU_IMG_INFO, QEMU_IO_RW
 from pytest_qemublock.storage.images import Pattern

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import LEAKY_ENV, FILENAME, QEMU10_DIR, REAL, InnerRun
+from helpers import FILENAME, LEAKY_ENV, QEMU10_DIR, REAL, InnerRun
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -10,10 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from helpers import assert_no_leak, leftovers, our_processes, wait_gone
 from pytest_qemublock.host import procfs
 from pytest_qemublock.host.journal import RUN_ENV, parse_journal
-
-from helpers import assert_no_leak, leftovers, our_processes, wait_gone
 
 BLOCKDEV = '''json.dumps({"driver": "file", "node-name": "f0", "filename": str(img.path),
                          "read-only": True})'''

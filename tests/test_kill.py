@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 import pytest
+
 from helpers import running
 
 needs_root = pytest.mark.skipif(

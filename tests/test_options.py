@@ -14,9 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from pytest_qemublock.qemu.build import BINARIES
-
 from helpers import REAL, binary_line, header_line, link_dir
+from pytest_qemublock.qemu.build import BINARIES
 
 LEVELS = ("option", "env", "ini", "builddir", "path")
 

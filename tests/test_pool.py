@@ -1,7 +1,6 @@
 """Shared targets (targets.shared): reused within a module, replaced when dead, stopped after."""
 from __future__ import annotations
 
-
 from helpers import assert_no_leak, running
 
 RECORD = '''

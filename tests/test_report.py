@@ -14,8 +14,8 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
-from helpers import BASE_ARGS, link_dir
 
+from helpers import BASE_ARGS, link_dir
 from pytest_qemublock.reporting.diff import diff_main
 
 #: Gives every item the qb.* properties named by its `qb` parametrization and

@@ -22,14 +22,13 @@ import time
 
 import pytest
 
-from pytest_qemublock.backends.server import ServerError
-from pytest_qemublock.storage.images import ImageFactory
-from pytest_qemublock.backends import http, iscsi, ssh
-from pytest_qemublock.host import procfs
-from pytest_qemublock.host.listeners import PortReservation
-
 from helpers import assert_gone, assert_only_loopback, host_state, ss_listeners
 from iscsi_wire import scsi_write
+from pytest_qemublock.backends import http, iscsi, ssh
+from pytest_qemublock.backends.server import ServerError
+from pytest_qemublock.host import procfs
+from pytest_qemublock.host.listeners import PortReservation
+from pytest_qemublock.storage.images import ImageFactory
 
 ROOT = os.geteuid() == 0
 needs_nginx = pytest.mark.skipif(http.nginx_binary() is None,

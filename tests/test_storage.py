@@ -12,11 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from pytest_qemublock.storage.images import ImageFactory
-from pytest_qemublock.backends import nbd
-from pytest_qemublock.storage.local import unavailable_reason
-
 from helpers import assert_gone, assert_only_loopback, host_state
+from pytest_qemublock.backends import nbd
+from pytest_qemublock.storage.images import ImageFactory
+from pytest_qemublock.storage.local import unavailable_reason
 
 STRERROR = {"erofs": "Read-only file system", "eacces": "Permission denied"}
 

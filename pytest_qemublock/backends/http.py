@@ -13,13 +13,14 @@ import itertools
 import shutil
 import socket
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 from urllib.parse import quote
 
+from ..host.listeners import Listener, recv_until
 from ..qemu.build import QemuBuild
 from ..qemu.instance import Wrapper
-from ..host.listeners import Listener, recv_until
 from .base import Backend, ProvideContext, Target, new_image, started
 from .server import Server, ServerContext, ServerError
 

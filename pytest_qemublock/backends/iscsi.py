@@ -27,14 +27,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ..host.process import ProcessError
+from ..host.listeners import reserve_port
+from ..host.namespace import Namespace, NamespaceError, private_run
+from ..host.process import ManagedProcess, ProcessError, format_argv, run
+from ..host.procfs import tcp_listeners
 from ..qemu.build import QemuBuild
-from ..host.process import ManagedProcess, format_argv, run
 from .base import Backend, ProvideContext, Target, needs_root, new_image, started
 from .server import Server, ServerContext, ServerError
-from ..host.namespace import Namespace, NamespaceError, private_run
-from ..host.listeners import reserve_port
-from ..host.procfs import tcp_listeners
 
 TGT_PACKAGE = "tgt"
 IQN_PREFIX = "iqn.2024-01.org.qemu.qemublock"

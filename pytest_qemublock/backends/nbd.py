@@ -11,13 +11,14 @@ import shutil
 import socket
 import struct
 import time
-from typing import Any, Callable
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
-from ..qemu.build import QemuBuild
-from ..host.process import ManagedProcess, ProcessRegistry
-from ..qemu.instance import QemuInstance, Wrapper, launch
 from ..host.listeners import Listener, recv_until, socket_activation
+from ..host.process import ManagedProcess, ProcessRegistry
+from ..qemu.build import QemuBuild
+from ..qemu.instance import QemuInstance, Wrapper, launch
 from .base import Backend, ProvideContext, Target, new_image, started
 from .server import Server, ServerContext, ServerError
 
@@ -88,7 +89,7 @@ def handshake(listener: Listener, timeout: float, who: str,
                 _recv_exact(s, 20, alive, time.monotonic() + timeout)  # a server may also just hang up
             except (OSError, ServerError):
                 pass
-    except socket.timeout:
+    except TimeoutError:
         raise ServerError(f"{who}: no NBD greeting on {listener} within {timeout:.1f}s") from None
     except OSError as e:
         raise ServerError(f"{who}: NBD handshake on {listener} failed: {e}") from None
@@ -100,7 +101,7 @@ def _recv_exact(s: socket.socket, n: int, alive: Callable[[], bool] = lambda: Tr
     if why == "exited":
         raise ServerError("the server exited")
     if why == "timeout":
-        raise socket.timeout(f"{len(buf)} of {n} bytes")
+        raise TimeoutError(f"{len(buf)} of {n} bytes")
     if why == "eof":
         raise ServerError(f"connection closed after {len(buf)} of {n} bytes")
     return buf[:n]

@@ -24,15 +24,15 @@ one a fresh QEMU, never a wrong result.
 from __future__ import annotations
 
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from collections.abc import Callable
 
 from ..evidence import TestEvidence
 from ..qemu import crashes
 from ..qemu.factory import stop_instance
-from ..storage.images import Tools
 from ..qemu.instance import QemuInstance, launch
+from ..storage.images import Tools
 from .base import Target
 from .provisioner import Provisioner, new_provisioner
 

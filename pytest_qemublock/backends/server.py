@@ -2,12 +2,6 @@
 (:class:`~..qemu.context.RunContext`, still importable here as ``ServerContext``)."""
 from __future__ import annotations
 
-import itertools
-import os
-import socket
-import time
-from typing import Any, Callable
-
 from ..errors import QemuBlockError
 from ..host.listeners import Listener
 from ..host.process import ManagedProcess, ProcessRegistry

@@ -33,15 +33,14 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from ..host.process import ProcessError
+from ..host.listeners import Listener, recv_until, socket_activation
+from ..host.namespace import Namespace, private_run
+from ..host.process import ManagedProcess, ProcessError, run
+from ..host.procfs import tcp_listeners
 from ..qemu.build import QemuBuild
 from ..qemu.instance import Wrapper
-from ..host.process import ManagedProcess, run
-from ..host.listeners import Listener, recv_until, socket_activation
 from .base import Backend, ProvideContext, Target, needs_root, new_image, started
 from .server import Server, ServerContext, ServerError
-from ..host.namespace import Namespace, private_run
-from ..host.procfs import tcp_listeners
 
 SSH_PACKAGE = "openssh-server"
 SSHD = "/usr/sbin/sshd"

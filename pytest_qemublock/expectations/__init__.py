@@ -13,8 +13,17 @@ bug (``Expect.bug``); the suite's CaseCheck handles the rest.
 """
 from __future__ import annotations
 
-from .common import (NBD_CANT_REOPEN_RW, NBD_RO_EXPORT, NODE_IS_READ_ONLY, O_RDONLY, O_RDWR, Expect,
-                     dynamic, image_fd, open_failed)
+from .common import (
+                     NBD_CANT_REOPEN_RW,
+                     NBD_RO_EXPORT,
+                     NODE_IS_READ_ONLY,
+                     O_RDONLY,
+                     O_RDWR,
+                     Expect,
+                     dynamic,
+                     image_fd,
+                     open_failed,
+)
 from .open import effective_aro, expect_open, expect_read_only_export_message
 
 __all__ = ["NBD_CANT_REOPEN_RW", "NBD_RO_EXPORT", "NODE_IS_READ_ONLY", "O_RDONLY", "O_RDWR", "Expect",

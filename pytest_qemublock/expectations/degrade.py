@@ -13,11 +13,11 @@ bdrv_inherited_options); ``qcow2`` likewise, with a qcow2 ``n0``.
 """
 from __future__ import annotations
 
-from ..backends.base import Target
-from ..scenario.matrix import Case
-from ..qemu.capabilities import Capabilities
-from .common import NBD_RO_EXPORT, NODE_IS_READ_ONLY, O_RDONLY, Expect, image_fd, dynamic, open_failed
 from ..backends import drivers
+from ..backends.base import Target
+from ..qemu.capabilities import Capabilities
+from ..scenario.matrix import Case
+from .common import NBD_RO_EXPORT, NODE_IS_READ_ONLY, O_RDONLY, Expect, dynamic, image_fd, open_failed
 from .open import effective_aro
 
 #: block/export/export.c blk_exp_add(): checked before any permission is taken

@@ -41,11 +41,38 @@ from ..backends.base import Target
 from ..qemu.capabilities import Capabilities
 from ..scenario.known_bugs import STALE_FLAGS_LAST_WRITER, KnownBug
 from ..scenario.outcome import IMAGE, Expect
-from ..scenario.steps import (EXPORT, EXPORT_RO, FILE_NODE, FMT_NODE, NBD_ADD, SCSI_CD, SCSI_HD, VIRTIO_BLK,
-                       Attach, Detach, Flip, ReadExport, Reopen, Step, User)
+from ..scenario.steps import (
+    EXPORT,
+    EXPORT_RO,
+    FILE_NODE,
+    FMT_NODE,
+    NBD_ADD,
+    SCSI_CD,
+    SCSI_HD,
+    VIRTIO_BLK,
+    Attach,
+    Detach,
+    Flip,
+    ReadExport,
+    Reopen,
+    Step,
+    User,
+)
 from .common import NODE_IS_READ_ONLY, O_RDONLY, O_RDWR, dynamic, open_failed
-from .locks import (ALL, CONSISTENT_READ, QEMU_IMG_INFO, QEMU_IO_RW, RESIZE, WRITE, WRITE_UNCHANGED, Perms,
-                    file_child, lock_ranges, second_open, union)
+from .locks import (
+    ALL,
+    CONSISTENT_READ,
+    QEMU_IMG_INFO,
+    QEMU_IO_RW,
+    RESIZE,
+    WRITE,
+    WRITE_UNCHANGED,
+    Perms,
+    file_child,
+    lock_ranges,
+    second_open,
+    union,
+)
 
 #: commands each step kind needs (capability guards, not version numbers)
 _COMMANDS = {EXPORT: "block-export-add", EXPORT_RO: "block-export-add", NBD_ADD: "nbd-server-add",

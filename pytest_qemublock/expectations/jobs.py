@@ -27,17 +27,28 @@ without trying any open. Checked against 7.2.22 and 10.0.2.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
-from ..scenario.steps import LAYERS, Chain
-from ..storage.images import Pattern
 from ..qemu.capabilities import Capabilities
 from ..scenario.known_bugs import ACTIVE_COMMIT_ABORT, ACTIVE_COMMIT_SOFT_CANCEL, KnownBug
 from ..scenario.outcome import Expect
+from ..scenario.steps import LAYERS, Chain
+from ..storage.images import Pattern
 from .common import NODE_IS_READ_ONLY, O_RDONLY, O_RDWR, dynamic
-from .locks import (ALL, CONSISTENT_READ, NONE, QEMU_IMG_INFO, WRITE, WRITE_UNCHANGED, Perms, file_child,
-                    lock_ranges, second_open)
+from .locks import (
+    ALL,
+    CONSISTENT_READ,
+    NONE,
+    QEMU_IMG_INFO,
+    WRITE,
+    WRITE_UNCHANGED,
+    Perms,
+    file_child,
+    lock_ranges,
+    second_open,
+)
 
 #: what a job puts above a layer while it runs, as a parent of the layer's format node:
 #: block/commit.c commit_start and block/mirror.c commit_active_start block every node between

@@ -3,12 +3,12 @@ from __future__ import annotations
 
 import re
 
-from ..backends.base import Target
-from ..scenario.matrix import Case
-from ..qemu.capabilities import Capabilities
-from .common import NBD_RO_EXPORT, NODE_IS_READ_ONLY, O_RDONLY, O_RDWR, Expect, image_fd, dynamic, open_failed
 from ..backends import drivers
+from ..backends.base import Target
+from ..qemu.capabilities import Capabilities
 from ..scenario.known_bugs import NBD_RO_EXPORT_MESSAGE_LOST
+from ..scenario.matrix import Case
+from .common import NBD_RO_EXPORT, NODE_IS_READ_ONLY, O_RDONLY, O_RDWR, Expect, dynamic, image_fd, open_failed
 
 #: where each protocol driver refuses a read-write open (see backends/drivers.py)
 _REFUSED_IN = {"nbd": "block/nbd.c", "http": "block/curl.c curl_open",

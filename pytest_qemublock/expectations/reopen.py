@@ -23,17 +23,27 @@
 """
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
-from ..backends.base import Target
-from ..scenario.matrix import Case
-from ..qemu.capabilities import Capabilities
-from .common import NBD_CANT_REOPEN_RW, NODE_IS_READ_ONLY, O_RDONLY, O_RDWR, Expect, image_fd, dynamic, open_failed
 from ..backends import drivers
-from .open import expect_open
+from ..backends.base import Target
+from ..qemu.capabilities import Capabilities
 from ..scenario.known_bugs import EMPTY_REOPEN_ABORTS, STALE_FLAGS_REOPEN_RO
+from ..scenario.matrix import Case
 from ..scenario.outcome import IMAGE
+from .common import (
+    NBD_CANT_REOPEN_RW,
+    NODE_IS_READ_ONLY,
+    O_RDONLY,
+    O_RDWR,
+    Expect,
+    dynamic,
+    image_fd,
+    open_failed,
+)
 from .locks import NONE, QEMU_IMG_INFO, QEMU_IO_RW, file_child, lock_ranges, second_open
+from .open import expect_open
 
 
 def no_locks(exp: Expect, target: Target) -> Expect:

@@ -31,9 +31,9 @@ from typing import IO
 
 from . import sandbox
 from .commands import ProcessError as ProcessError
-from .commands import popen_args
 from .commands import describe_status as describe_status
 from .commands import format_argv as format_argv
+from .commands import popen_args
 from .commands import run as run
 from .journal import RUN_ENV, StateDir, StateJournal, new_token
 from .procfs import start_ticks

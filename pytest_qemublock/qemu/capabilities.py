@@ -11,12 +11,13 @@ import fcntl
 import hashlib
 import json
 import re
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
-from .build import QemuBuild
 from ..host.process import run
+from .build import QemuBuild
 
 PROBE_FORMAT = 4
 

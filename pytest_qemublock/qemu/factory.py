@@ -1,7 +1,7 @@
 """The ``qemu`` fixture's object: start QEMUs for one test, stop them after."""
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 from ..host.process import ProcessError
 from .context import RunContext

@@ -11,14 +11,15 @@ from __future__ import annotations
 
 import os
 import socket
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Any
 
+from ..evidence import TestEvidence
+from ..host.process import ManagedProcess, ProcessError, ProcessRegistry, describe_status, format_argv
 from .build import QemuBuild
 from .crashes import crash_line
 from .crashes import current as current_watch
-from ..evidence import TestEvidence
-from ..host.process import ManagedProcess, ProcessError, ProcessRegistry, describe_status, format_argv
 from .qmp import QmpCommandError, QmpError, QmpSession, QmpTimeout
 
 
@@ -55,7 +56,7 @@ class Timeouts:
     tool: float = 60.0
 
     @classmethod
-    def scaled(cls, factor: float) -> "Timeouts":
+    def scaled(cls, factor: float) -> Timeouts:
         base = cls()
         return cls(factor, base.launch * factor, base.qmp * factor, base.event * factor,
                    base.shutdown * factor, base.tool * factor)
@@ -73,7 +74,7 @@ class Wrapper:
     env: Mapping[str, str] = field(default_factory=dict)
     label: str = ""
 
-    def __add__(self, other: "Wrapper") -> "Wrapper":
+    def __add__(self, other: Wrapper) -> Wrapper:
         return Wrapper(self.prefix + other.prefix, {**self.env, **other.env},
                        "+".join(x for x in (self.label, other.label) if x))
 

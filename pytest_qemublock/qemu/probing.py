@@ -2,15 +2,15 @@
 from __future__ import annotations
 
 import shutil
-from typing import Any
 from pathlib import Path
+from typing import Any
 
-from .build import QemuBuild
 from ..errors import QemuBlockError
 from ..evidence import TestEvidence
-from .instance import LaunchError, QemuInstance, Timeouts, launch
-from .capabilities import MODULE_DRIVERS, Capabilities, qmp_facts, static_facts
 from ..host.process import ProcessError, ProcessRegistry, describe_status
+from .build import QemuBuild
+from .capabilities import MODULE_DRIVERS, Capabilities, qmp_facts, static_facts
+from .instance import LaunchError, QemuInstance, Timeouts, launch
 from .qmp import QmpCommandError, QmpTimeout
 
 # Options that are wrong on purpose: a driver that loads complains about

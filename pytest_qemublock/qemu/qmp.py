@@ -8,12 +8,11 @@ with a filter, and a transcript of every message in both directions.
 from __future__ import annotations
 
 import asyncio
-import json
 import socket
 import time
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Awaitable, Callable, Mapping
+from typing import Any
 
 from qemu.qmp import ConnectError, ExecInterruptedError, ExecuteError, QMPClient, StateError
 from qemu.qmp.protocol import Runstate
@@ -79,7 +78,7 @@ class QmpSession:
         except ConnectError as e:
             raise ConnectionError(f"QMP connection failed: {e}") from None
         greeting = self._client.greeting
-        self.greeting = _plain(greeting._raw) if greeting is not None else None  # noqa: SLF001
+        self.greeting = _plain(greeting._raw) if greeting is not None else None
         self.transcript.record("<", self.greeting)
 
     def retarget(self, transcript: Transcript) -> None:
@@ -179,7 +178,7 @@ class QmpSession:
                 )
             try:
                 message: Any = self._until(asyncio.wait_for(self._client.events.get(), remaining))
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 continue
             except Exception as e:  # noqa: BLE001 - connection lost while waiting
                 raise ConnectionError(f"{self.name}: QMP connection lost while waiting for {name}: {e}") from None
@@ -207,7 +206,7 @@ class QmpSession:
         limit = self.default_timeout if timeout is None else timeout
         try:
             return self._until(asyncio.wait_for(coro, limit))
-        except asyncio.TimeoutError:
+        except TimeoutError:
             self.transcript.record("!", {"timeout": what, "seconds": limit})
             raise QmpTimeout(f"{self.name}: {what} got no answer within {limit:.1f}s") from None
 

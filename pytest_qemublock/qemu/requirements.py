@@ -1,7 +1,7 @@
 """The ``qemu_requires`` marker: skip with a precise reason when a build lacks something."""
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import pytest
 

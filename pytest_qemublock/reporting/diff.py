@@ -10,8 +10,9 @@ import json
 import os
 import sys
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 from .fold import FAILING, MISSING, OUTCOMES, PASSING, strip_build
 from .results import ResultsError, entry_build, load_results

@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from .fold import MISSING, OUTCOMES, CaseResult, Cells, strip_build
 
@@ -59,7 +60,7 @@ def results_document(cases: Mapping[str, CaseResult], case_builds: Mapping[str, 
     return {
         "format": RESULTS_FORMAT,
         "version": RESULTS_VERSION,
-        "created": datetime.fromtimestamp(run.started, timezone.utc).isoformat(timespec="seconds"),
+        "created": datetime.fromtimestamp(run.started, UTC).isoformat(timespec="seconds"),
         "duration": round(run.duration, 3),
         "exitstatus": run.exitstatus,
         "args": run.args,

@@ -16,7 +16,8 @@ Block jobs then have to reopen a read-only layer read-write themselves.
 from __future__ import annotations
 
 import json
-from typing import TYPE_CHECKING, Any, Mapping
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 
 from ..qemu.tools import QemuIoResult
 from ..storage.images import Image, ImageFactory, Pattern, Tools
@@ -34,7 +35,7 @@ if TYPE_CHECKING:
     from ..qemu.instance import QemuInstance
     from ..qemu.qmp import QmpError
 
-def make_chain(targets: "Provisioner", tools: Tools, storage_kind: str) -> Chain:
+def make_chain(targets: Provisioner, tools: Tools, storage_kind: str) -> Chain:
     """Create the ``chain`` recipe on *storage_kind* storage; skips if the host cannot."""
     import pytest
 
@@ -66,7 +67,7 @@ def blockdev_args(chain: Chain, *, top_ro: bool, base_file: Mapping[str, Any] | 
     return args
 
 
-def state(vm: "QemuInstance", chain: Chain, err: "QmpError | None" = None) -> Outcome:
+def state(vm: QemuInstance, chain: Chain, err: QmpError | None = None) -> Outcome:
     """ro of the six named nodes, QEMU's fd mode and its lock ranges per layer image."""
     paths = dict(chain.qemu_paths())
     out = _state(vm, NODES, paths, err)
@@ -74,8 +75,8 @@ def state(vm: "QemuInstance", chain: Chain, err: "QmpError | None" = None) -> Ou
     return out
 
 
-def state_and_others(vm: "QemuInstance", chain: Chain, tools: Tools, before: Outcome | None,
-                     err: "QmpError | None" = None) -> Outcome:
+def state_and_others(vm: QemuInstance, chain: Chain, tools: Tools, before: Outcome | None,
+                     err: QmpError | None = None) -> Outcome:
     """:func:`state`, plus ``qemu-img info`` (no -U, through the storage's wrapper) of each
     layer whose locks differ from *before* (every layer if None) as ``others``: a second
     process costs ~30 ms, the lock ranges nothing."""
@@ -87,7 +88,7 @@ def state_and_others(vm: "QemuInstance", chain: Chain, tools: Tools, before: Out
     return got
 
 
-def block_jobs(vm: "QemuInstance") -> list[tuple[str, str]]:
+def block_jobs(vm: QemuInstance) -> list[tuple[str, str]]:
     """(job id, status) of every block job QEMU still has."""
     return [(j["device"], j["status"]) for j in vm.execute("query-block-jobs")]
 

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import fnmatch
 import itertools
+from collections.abc import Iterable
 from dataclasses import dataclass, fields
-from typing import Iterable
 
 import pytest
 

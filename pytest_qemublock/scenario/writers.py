@@ -23,17 +23,38 @@ import json
 from typing import Any
 
 from ..backends.base import Target
+from ..host.listeners import Listener
 from ..qemu.factory import QemuFactory
-from ..qemu.tools import Tools
 from ..qemu.instance import QemuInstance
 from ..qemu.qmp import QmpError
-from ..host.listeners import Listener
+from ..qemu.tools import Tools
 from .drive import image_locks, other_process
 from .drive import state as _state
 from .outcome import IMAGE, Outcome
-from .steps import (EXPORT, EXPORT_RO, FILE_NODE, FMT_NODE, KINDS, NBD_ADD, SCSI_CD, SCSI_HD, VIRTIO_BLK,
-                    Attach, Detach, Flip, ReadExport, Reopen, Step, User, export, export_ro, nbd_add, scsi_cd,
-                    scsi_hd, virtio_blk)
+from .steps import (
+    EXPORT,
+    EXPORT_RO,
+    FILE_NODE,
+    FMT_NODE,
+    KINDS,
+    NBD_ADD,
+    SCSI_CD,
+    SCSI_HD,
+    VIRTIO_BLK,
+    Attach,
+    Detach,
+    Flip,
+    ReadExport,
+    Reopen,
+    Step,
+    User,
+    export,
+    export_ro,
+    nbd_add,
+    scsi_cd,
+    scsi_hd,
+    virtio_blk,
+)
 
 __all__ = ["EXPORT", "EXPORT_RO", "FILE_NODE", "FMT_NODE", "KINDS", "NBD_ADD", "SCSI_CD", "SCSI_HD", "VIRTIO_BLK",
            "Attach", "Detach", "Flip", "ReadExport", "Reopen", "Step", "User", "WriterBench", "export",

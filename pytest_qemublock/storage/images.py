@@ -37,7 +37,7 @@ class Image:
     path: Path
     fmt: str
     size: str
-    backing: "Image | None" = None
+    backing: Image | None = None
     patterns: list[Pattern] = field(default_factory=list)
     created_sha256: str = ""
 
@@ -52,7 +52,7 @@ class Image:
         """True if the file is bit-identical to how it was created."""
         return self.sha256() == self.created_sha256
 
-    def chain(self) -> list["Image"]:
+    def chain(self) -> list[Image]:
         """This image and its backing files, top first."""
         out: list[Image] = []
         img: Image | None = self

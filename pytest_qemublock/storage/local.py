@@ -20,10 +20,10 @@ import stat
 from pathlib import Path
 
 from ..errors import QemuBlockError
-from ..qemu.context import RunContext
-from ..qemu.instance import Wrapper
 from ..host.process import ManagedProcess, run
 from ..host.procfs import command_name, mount_namespace
+from ..qemu.context import RunContext
+from ..qemu.instance import Wrapper
 
 
 class StorageUnavailable(QemuBlockError):
@@ -194,7 +194,7 @@ def qemu_socket_dir(path: Path) -> Path:
     return path
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def unavailable_reason(kind: str) -> str | None:
     """Why *kind* cannot work on this host (None if it can). Checked once per process."""
     if kind == "rw":

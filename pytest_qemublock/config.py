@@ -116,7 +116,7 @@ class Settings:
 
         def default_build() -> QemuBuild:
             return resolve_default_build(
-                lambda o: opt(o), lambda i: config.getini(i) or None,
+                opt, lambda i: config.getini(i) or None,
                 opt("--qemu-build-dir") or config.getini("qemu_build_dir") or None)
 
         cache = getattr(config, "cache", None)  # absent with -p no:cacheprovider

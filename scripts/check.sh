@@ -3,8 +3,6 @@
 # mypy --strict on the package ([tool.mypy]). Exit status non-zero on any finding.
 #
 #   bash scripts/check.sh        needs .venv with the dev extra (bash scripts/setup.sh)
-#
-# Not yet run by .ci/run: the code base does not pass them yet.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

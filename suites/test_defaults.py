@@ -92,15 +92,17 @@ def test_backing_children_open_read_only(case, targets, qemu, qemu_build, qb_evi
         backing = node["image"].get("backing-image")
         name = next((n for n, v in nodes.items() if backing and v["drv"] == "qcow2"
                      and v["image"]["filename"] == backing["filename"] and v is not node), None)
-    assert len(chain) == 3, f"{case.id}: expected a 3-layer chain, QEMU opened {[n['node-name'] for n in chain]}"
+    assert len(chain) == 3, (
+        f"{case.id}: expected a 3-layer chain, QEMU opened {[n['node-name'] for n in chain]}")
     assert chain[0]["ro"] is top_ro, f"{case.id}: top ro={chain[0]['ro']}, expected {top_ro}"
-    for layer, img in zip(chain[1:], top.chain()[1:]):
+    for layer, img in zip(chain[1:], top.chain()[1:], strict=False):
         assert layer["ro"] is True, (
             f"{case.id} [build {qemu_build.name}]: backing node {layer['node-name']} ({img.path.name}) "
             f"has ro={layer['ro']}, expected True (COW children default to read-only=on)")
         modes = procfs.fd_modes(vm.pid, st.qemu_path(img.path))
         assert modes == [O_RDONLY], (
-            f"{case.id} [build {qemu_build.name}]: backing {img.path.name} fd modes {modes}, expected [O_RDONLY]")
+            f"{case.id} [build {qemu_build.name}]: backing {img.path.name} fd modes {modes}, "
+            "expected [O_RDONLY]")
     top_modes = procfs.fd_modes(vm.pid, path)
     want = O_RDONLY if top_ro else O_RDWR
     assert top_modes == [want], f"{case.id}: top fd modes {top_modes}, expected [{want}]"
@@ -121,7 +123,8 @@ def test_tools_on_read_only_storage(case, tool, targets, qemu_build, qemu_tools,
     output = (res.stdout + res.stderr).strip()
     what = f"qemu-{tool.role} {' '.join(args)} on {case.id} [build {qemu_build.name}]"
     if tool.ok:
-        assert res.returncode == 0, f"{what}: expected success ({tool.because}), got exit {res.returncode}: {output}"
+        assert res.returncode == 0, (
+            f"{what}: expected success ({tool.because}), got exit {res.returncode}: {output}")
     else:
         assert res.returncode != 0, f"{what}: expected a refusal ({tool.because}), but it succeeded: {output}"
         err = defaults.tool_error(tool, p, q, case.storage)

@@ -34,7 +34,8 @@ from pytest_qemublock.storage.local import qemu_socket_dir
 pytestmark = pytest.mark.degrade
 
 RO_PAIRS = [p for p in matrix.backend_storages() if p[1] != "rw"]
-DEGRADING = [p for p in RO_PAIRS if registry.driver_of(p[0]).degrades]  # ssh has no fallback: refused cases only
+# ssh has no fallback: refused cases only
+DEGRADING = [p for p in RO_PAIRS if registry.driver_of(p[0]).degrades]
 FULL_PAIRS = [p for p in DEGRADING if p[0] in ("file", "nbd-qemu-nbd-unix")]
 REST_PAIRS = [p for p in DEGRADING if p not in FULL_PAIRS]
 
@@ -107,8 +108,9 @@ def test_degraded_node_refuses_writers_and_serves_reads(case, targets, qemu, qem
     writers = {"export": ("block-export-add writable=true",
                           lambda: drive.export_writer(vm, "n0", "w0", target, interface=case.interface))}
     if vm.kind == "system":  # qemu-storage-daemon has no HMP
-        writers["hmp-qemu-io"] = ("hmp qemu-io write",
-                                  lambda: drive.qemu_io_write(vm, "n0", WRITE, target, interface=case.interface))
+        writers["hmp-qemu-io"] = (
+            "hmp qemu-io write",
+            lambda: drive.qemu_io_write(vm, "n0", WRITE, target, interface=case.interface))
     for writer, (step, attach) in writers.items():
         # a refused writer leaves the node as it was: the open's state, checked with the error
         exp = degrade.expect_writer_refused(case, target, writer)
@@ -119,7 +121,8 @@ def test_degraded_node_refuses_writers_and_serves_reads(case, targets, qemu, qem
 
     pattern = target.image.patterns[0]
     read = drive.read_export(vm, qemu_tools, export_sock, "n0", "r0", pattern)
-    assert read.pattern_ok, (f"read back {what} [build {qemu_build.name}]: expected pattern {pattern.io_args()}\n"
+    assert read.pattern_ok, (f"read back {what} [build {qemu_build.name}]: "
+                             f"expected pattern {pattern.io_args()}\n"
                              f"  because:  {degrade.READS_SERVED}\n  QEMU did: {read.describe()}")
     drive.assert_untouched(qemu, target, f"{what} [build {qemu_build.name}]",
                            "although every writer was refused and the storage is read-only")

@@ -87,7 +87,8 @@ def test_retention_none_keeps_nothing(inner):
     r = inner.run("--qb-evidence=none")
 
     r.assert_outcomes(passed=1, failed=1)
-    assert not inner.evidence.exists() or [p for p in inner.evidence.iterdir() if not p.name.startswith(".")] == []
+    assert not inner.evidence.exists() or [
+        p for p in inner.evidence.iterdir() if not p.name.startswith(".")] == []
     r.stdout.fnmatch_lines(["*- qemublock evidence -*", "QMP qmp-qemu.jsonl (last * of *):"])
     assert "full evidence:" not in r.stdout.str()
 
@@ -98,7 +99,8 @@ def test_retention_all_keeps_passing_tests_too(inner):
     r = inner.run("--qb-evidence=all")
 
     r.assert_outcomes(passed=1, failed=1)
-    assert sorted(p.name for p in inner.evidence.iterdir() if not p.name.startswith(".")) == [PASSED_DIR, FAILED_DIR]
+    assert sorted(p.name for p in inner.evidence.iterdir()
+                  if not p.name.startswith(".")) == [PASSED_DIR, FAILED_DIR]
     passed = inner.evidence / PASSED_DIR
     assert "-blockdev" in (passed / "commands.txt").read_text()
     lines = (passed / "qmp-qemu.jsonl").read_text().splitlines()

@@ -54,7 +54,8 @@ def test_servers_up(targets, qemu, qb_session, qb_evidence, n):
     eacces.make_writable()  # its image, writable for the unprivileged QEMU (not for all)
     qemu_socket_dir(qb_evidence.workdir / "nbd")  # where such a QEMU creates its sockets
     box = qb_session.sandbox
-    info = {{"pid": os.getpid(), "token": "QB_TEST_TOKEN=" + os.environ["QB_TEST_TOKEN"], "root": str(qb_session.root), "sockdir": str(qb_session.sockdir),
+    info = {{"pid": os.getpid(), "token": "QB_TEST_TOKEN=" + os.environ["QB_TEST_TOKEN"],
+             "root": str(qb_session.root), "sockdir": str(qb_session.sockdir),
              "pidns": box.pid_ns if box else None, "init": box.init_pid if box else None,
              "hostnet": box.outer_net if box else None,
              "tcp": [port for _, port in tcp_listeners(

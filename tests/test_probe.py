@@ -171,7 +171,7 @@ def test_capabilities_of_the_installed_build(inner, monkeypatch):
 
     assert r.ret == 0, r.stdout.str()
     caps = json.loads(dump.read_text())
-    out = subprocess.run([REAL["system"], "--version"], capture_output=True, text=True).stdout
+    out = subprocess.run([REAL["system"], "--version"], capture_output=True, text=True, check=False).stdout
     version = [int(x) for x in re.search(r"version (\d+)\.(\d+)\.(\d+)", out).groups()]
     assert caps["version"] == version
     assert version >= [7, 2, 0], "these expectations are for QEMU 7.2 or newer"
@@ -292,5 +292,5 @@ def test_requirements_are_checked_per_build(inner, qemu10):
 
 
 def _version_str() -> str:
-    out = subprocess.run([REAL["system"], "--version"], capture_output=True, text=True).stdout
+    out = subprocess.run([REAL["system"], "--version"], capture_output=True, text=True, check=False).stdout
     return re.search(r"version (\d+\.\d+\.\d+)", out).group(1)

@@ -181,7 +181,8 @@ def test_results_file_has_every_case(fake):
         assert t["outcome"] == EXPECTED[name], nodeid
         assert t["duration"] >= 0 and set(t["phases"]) <= {"setup", "call", "teardown"}
     t = tests["test_fake.py::test_pass[default-0-x]"]
-    assert (t["scenario"], t["backend"], t["format"], t["interface"]) == ("open", "file-rw", "raw", "blockdev")
+    assert (t["scenario"], t["backend"], t["format"], t["interface"]) == (
+        "open", "file-rw", "raw", "blockdev")
     assert t["properties"]["qb.scenario"] == "open"
     assert t["case"] == "test_fake.py::test_pass[default-0-x]"  # one build: id kept
     assert tests["test_fake.py::test_no_properties"]["scenario"] == "-"

@@ -39,7 +39,8 @@ needs_sshd = pytest.mark.skipif(bool(ssh.missing_tools()) or not ROOT,
 needs_tgtd = pytest.mark.skipif(bool(iscsi.missing_tools()) or not ROOT,
                                 reason=f"needs root and {', '.join(iscsi.missing_tools()) or 'tgtd'} "
                                        f"(Debian package {iscsi.TGT_PACKAGE})")
-needs_ss = pytest.mark.skipif(subprocess.run(["sh", "-c", "command -v ss"], capture_output=True).returncode,
+needs_ss = pytest.mark.skipif(subprocess.run(["sh", "-c", "command -v ss"], capture_output=True,
+                                             check=False).returncode,
                               reason="ss is not installed (Debian package iproute2)")
 
 WRITE = b"\x77" * 512

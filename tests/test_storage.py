@@ -54,9 +54,9 @@ def test_unknown_storage_kind_has_a_reason():
 
 
 SERVERS = {
-    "qemu-nbd": lambda ctx, img, **kw: nbd.start_qemu_nbd(ctx, img, **kw),
-    "qsd": lambda ctx, img, **kw: nbd.start_qsd_export(ctx, img, **kw),
-    "nbdkit": lambda ctx, img, **kw: nbd.start_nbdkit(ctx, img, **kw),
+    "qemu-nbd": nbd.start_qemu_nbd,
+    "qsd": nbd.start_qsd_export,
+    "nbdkit": nbd.start_nbdkit,
 }
 
 

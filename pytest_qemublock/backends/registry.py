@@ -87,5 +87,6 @@ def describe_backends(build: QemuBuild) -> list[str]:
     for name, b in REGISTRY.items():
         for st in b.storages:
             reason = b.unavailable(build, st)
-            lines.append(f"{name + '-' + st:<28} {b.driver:<7} {'ok' if reason is None else 'skipped: ' + reason}")
+            status = "ok" if reason is None else "skipped: " + reason
+            lines.append(f"{name + '-' + st:<28} {b.driver:<7} {status}")
     return lines

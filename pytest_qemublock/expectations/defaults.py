@@ -18,18 +18,22 @@ from ..qemu.capabilities import Capabilities
 from .common import NODE_IS_READ_ONLY, O_RDONLY, O_RDWR, Expect, dynamic, image_fd
 
 
-def expect_classic_drive(fmt: str, readonly_storage: bool, ro: bool, error: str, caps: Capabilities) -> Expect:
+def expect_classic_drive(fmt: str, readonly_storage: bool, ro: bool, error: str,
+                         caps: Capabilities) -> Expect:
     """``-drive file=X,format=FMT,if=none[,read-only=on]``; ``ro`` is ``query-block`` inserted.ro."""
     if ro:
         return Expect(True, ro={"d0": True}, fds=image_fd(O_RDONLY), because="read-only=on")
     if fmt == "qcow2":
         if readonly_storage:
             return Expect(False, error=error, because="-drive's auto-read-only=on reaches the file child, "
-                          "but the read-write qcow2 node needs WRITE on it at once (block.c bdrv_default_perms_for_storage)")
-        return Expect(True, ro={"d0": False}, fds=image_fd(O_RDWR), because="a read-write qcow2 takes WRITE on its file")
+                          "but the read-write qcow2 node needs WRITE on it at once "
+                          "(block.c bdrv_default_perms_for_storage)")
+        return Expect(True, ro={"d0": False}, fds=image_fd(O_RDWR),
+                      because="a read-write qcow2 takes WRITE on its file")
     fd = O_RDONLY if dynamic(caps) else O_RDWR
     if readonly_storage and not dynamic(caps):
-        return Expect(True, ro={"d0": True}, fds=image_fd(O_RDONLY), because="-drive defaults to auto-read-only=on")
+        return Expect(True, ro={"d0": True}, fds=image_fd(O_RDONLY),
+                      because="-drive defaults to auto-read-only=on")
     return Expect(True, ro={"d0": False}, fds=image_fd(fd),
                   because="-drive defaults to auto-read-only=on: raw has no writer yet, so the "
                           "dynamic file node stays O_RDONLY, on any storage")
@@ -57,12 +61,14 @@ TOOL_CASES = (
              r"can't open device {P}: Could not open '{P}': {E}",
              "qemu-io opens read-write unless -r"),
     ToolCase("io-image-opts-aro", "io",
-             ("--image-opts", "-c", "read 0 512", "driver=raw,file.driver=file,file.filename={p},file.auto-read-only=on"),
+             ("--image-opts", "-c", "read 0 512",
+              "driver=raw,file.driver=file,file.filename={p},file.auto-read-only=on"),
              False, r"can't open: Could not open '{P}': {E}",
              "qemu-io's BlockBackend asks for WRITE at open, so auto-read-only cannot degrade"),
     ToolCase("io-ro", "io", ("-r", "-f", "raw", "-c", "read -P 0x5a 0 512", "{p}"), True,
              because="qemu-io -r opens read-only"),
-    ToolCase("io-ro-reopen-w", "io", ("-r", "-f", "raw", "-c", "reopen -w", "-c", "write 0 512", "{p}"), False,
+    ToolCase("io-ro-reopen-w", "io", ("-r", "-f", "raw", "-c", "reopen -w", "-c", "write 0 512", "{p}"),
+             False,
              r"Could not open '{P}': {E}\nBlock node is read-only",
              "reopen -w needs the storage to accept writes"),
     ToolCase("img-info", "img", ("info", "{q}"), True, because="qemu-img info opens read-only"),
@@ -70,8 +76,10 @@ TOOL_CASES = (
     ToolCase("img-resize", "img", ("resize", "-f", "raw", "{p}", "2M"), False,
              r"Could not open '{P}': Could not open '{P}': {E}", "resize needs write"),
     ToolCase("img-resize-image-opts-aro", "img",
-             ("resize", "--image-opts", "driver=raw,file.driver=file,file.filename={p},file.auto-read-only=on", "2M"),
-             False, r"Could not open 'driver=raw,file\.driver=file,file\.filename={P},file\.auto-read-only=on': "
+             ("resize", "--image-opts",
+              "driver=raw,file.driver=file,file.filename={p},file.auto-read-only=on", "2M"),
+             False,
+             r"Could not open 'driver=raw,file\.driver=file,file\.filename={P},file\.auto-read-only=on': "
              r"Could not open '{P}': {E}",
              "auto-read-only does not help a tool that must write"),
     ToolCase("img-snapshot", "img", ("snapshot", "-c", "s1", "{q}"), False,

@@ -142,7 +142,8 @@ class Rules:
         self.refuses = chain.readonly
         # The active layer is read-write, as a running guest has it; on storage that refuses
         # writes it can only be opened read-only (a read-write qcow2 needs WRITE on its file at
-        # open, block.c bdrv_default_perms_for_storage). block-stream writes into the top: it starts read-only.
+        # open, block.c bdrv_default_perms_for_storage). block-stream writes into the top: it starts
+        # read-only.
         self.top_ro = self.refuses or variant == "stream"
         self.base_file: dict[str, Any] = {}
         if variant == "base-file-ro":

@@ -82,8 +82,8 @@ def sweep(bases: Iterable[Path | str]) -> list[str]:
     removed: list[str] = []
     now = time.time()
     seen: set[Path] = set()
-    for base in bases:
-        base = Path(base)
+    for given in bases:
+        base = Path(given)
         if base in seen:
             continue
         seen.add(base)

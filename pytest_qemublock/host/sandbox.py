@@ -282,7 +282,7 @@ def _execute_child(self: subprocess.Popen[Any], args: Any, *rest: Any, **kwargs:
 
 
 def _install() -> None:
-    global _original_execute_child
+    global _original_execute_child  # noqa: PLW0603 - set once, at the first install; read on every start
     if _original_execute_child is None:
         _original_execute_child = subprocess.Popen._execute_child  # type: ignore[attr-defined]
         subprocess.Popen._execute_child = _execute_child  # type: ignore[attr-defined]

@@ -167,7 +167,8 @@ def split_build_spec(spec: str) -> tuple[str, str]:
         raise BuildError(f"--qemu-build {spec!r}: {directory!r} has no name to call the build by; "
                          f"use NAME={directory}")
     if not re.fullmatch(r"[A-Za-z0-9._+-]+", name):
-        raise BuildError(f"--qemu-build {spec!r}: the build name {name!r} may only use letters, digits and ._+-")
+        raise BuildError(f"--qemu-build {spec!r}: the build name {name!r} "
+                         "may only use letters, digits and ._+-")
     return name, directory
 
 

@@ -28,7 +28,8 @@ class QmpTimeout(QemuBlockError):
 class QmpCommandError(QemuBlockError):
     """A QMP command returned an error where the test expected success."""
 
-    def __init__(self, command: str, arguments: Mapping[str, Any] | None, error_class: str, desc: str) -> None:
+    def __init__(self, command: str, arguments: Mapping[str, Any] | None, error_class: str,
+                 desc: str) -> None:
         self.command = command
         self.arguments = arguments
         self.error_class = error_class
@@ -181,7 +182,8 @@ class QmpSession:
             except TimeoutError:
                 continue
             except Exception as e:  # noqa: BLE001 - connection lost while waiting
-                raise ConnectionError(f"{self.name}: QMP connection lost while waiting for {name}: {e}") from None
+                raise ConnectionError(
+                    f"{self.name}: QMP connection lost while waiting for {name}: {e}") from None
             self._note_event(message)
 
     def events(self) -> list[dict[str, Any]]:

@@ -46,7 +46,7 @@ def make_chain(targets: Provisioner, tools: Tools, storage_kind: str) -> Chain:
     top = ImageFactory(tools, st.directory).from_recipe("chain")
     if storage_kind != "rw":
         st.make_readonly()  # eacces: chmod 0444 the files just created
-    return Chain(st, dict(zip(LAYERS, reversed(top.chain()))))
+    return Chain(st, dict(zip(LAYERS, reversed(top.chain()), strict=False)))
 
 
 def blockdev_args(chain: Chain, *, top_ro: bool, base_file: Mapping[str, Any] | None = None) -> list[str]:

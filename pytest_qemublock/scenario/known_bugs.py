@@ -82,7 +82,8 @@ class KnownBug:
         return True
 
     def describe(self) -> str:
-        fixed = f"; fixed in {'.'.join(map(str, self.fixed_in[0]))} by {self.fixed_in[1]}" if self.fixed_in else ""
+        fixed = (f"; fixed in {'.'.join(map(str, self.fixed_in[0]))} by {self.fixed_in[1]}"
+                 if self.fixed_in else "")
         return f"{self.reason} ({self.cause}{fixed}); predicts: {self.deviation.describe()}"
 
 

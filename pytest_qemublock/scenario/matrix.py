@@ -100,7 +100,7 @@ def cases(**axes: Iterable[object]) -> list[pytest.param]:  # type: ignore[valid
     keys = list(axes)
     out = []
     for combo in itertools.product(*(list(axes[k]) for k in keys)):
-        kw = dict(zip(keys, combo))
+        kw = dict(zip(keys, combo, strict=True))
         if "backend_storage" in kw:
             kw["backend"], kw["storage"] = kw.pop("backend_storage")  # type: ignore[misc]
         kw.setdefault("set_ro", "ro" in keys or "aro" in keys)

@@ -133,7 +133,7 @@ def startup_message(stderr: str, argv: Sequence[str]) -> str:
         prog, sep, rest = line.partition(": ")
         if not sep or prog not in progs:
             continue
-        for opt, arg in zip(argv, argv[1:]):
+        for opt, arg in zip(argv, argv[1:], strict=False):
             if rest.startswith(f"{opt} {arg}: "):
                 return rest[len(opt) + len(arg) + 3:]
     return stderr.strip()

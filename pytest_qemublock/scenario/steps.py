@@ -7,7 +7,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Union
 
 from ..storage.images import Image
 from ..storage.local import Storage
@@ -122,7 +121,7 @@ class Flip:
         return "storage accepts writes from now on" if self.writable else "storage refuses writes again"
 
 
-Step = Union[Attach, Detach, Reopen, ReadExport, Flip]
+Step = Attach | Detach | Reopen | ReadExport | Flip
 
 
 LAYERS = ("base", "mid", "top")

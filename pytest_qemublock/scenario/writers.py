@@ -56,7 +56,8 @@ from .steps import (
     virtio_blk,
 )
 
-__all__ = ["EXPORT", "EXPORT_RO", "FILE_NODE", "FMT_NODE", "KINDS", "NBD_ADD", "SCSI_CD", "SCSI_HD", "VIRTIO_BLK",
+__all__ = ["EXPORT", "EXPORT_RO", "FILE_NODE", "FMT_NODE", "KINDS", "NBD_ADD", "SCSI_CD", "SCSI_HD",
+           "VIRTIO_BLK",
            "Attach", "Detach", "Flip", "ReadExport", "Reopen", "Step", "User", "WriterBench", "export",
            "export_ro", "nbd_add", "scsi_cd", "scsi_hd", "virtio_blk"]
 

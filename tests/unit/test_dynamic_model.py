@@ -17,7 +17,8 @@ def fds(model: Model, steps: list) -> list[str]:  # type: ignore[type-arg]
 
 def test_writer_cycles_switch_the_fd() -> None:
     m = Model(file_target("rw"), caps())
-    assert fds(m, [Attach(E1), Detach("e1"), Attach(E1), Detach("e1")]) == [O_RDWR, O_RDONLY, O_RDWR, O_RDONLY]
+    assert fds(m, [Attach(E1), Detach("e1"), Attach(E1), Detach("e1")]) == [
+        O_RDWR, O_RDONLY, O_RDWR, O_RDONLY]
 
 
 def test_writer_refused_on_read_only_storage() -> None:

@@ -19,7 +19,8 @@ def test_file_read_write_refused_without_auto_read_only() -> None:
     exp = expect_open(Case("file", "eacces", "proto", "qmp", False, False), file_target("eacces"), caps())
     assert exp.ok is False and exp.error is not None
     assert re.fullmatch(exp.error, "Could not open '/srv/st-eacces/raw.img': Permission denied")
-    assert not re.fullmatch(exp.error, "Could not open '/srv/st-eacces/raw.img': Permission denied (os error)")
+    assert not re.fullmatch(exp.error,
+                            "Could not open '/srv/st-eacces/raw.img': Permission denied (os error)")
 
 
 def test_drive_defaults_to_auto_read_only() -> None:

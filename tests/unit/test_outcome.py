@@ -30,7 +30,8 @@ def test_error_must_match_the_whole_message() -> None:
 def test_state_is_checked_after_a_refused_step_too() -> None:
     exp = Expect(False, error="no", ro={"n0": False}, fds={IMAGE: O_RDONLY})
     got = Outcome(False, "no", ro={"n0": None}, fds={IMAGE: [O_RDWR]})
-    assert mismatches(exp, got) == ["node n0 missing (nodes: [])", "image fd modes ['O_RDWR'], expected one O_RDONLY fd"]
+    assert mismatches(exp, got) == ["node n0 missing (nodes: [])",
+                                    "image fd modes ['O_RDWR'], expected one O_RDONLY fd"]
     # exactly one fd: a second one (e.g. a leaked O_RDWR) is a deviation too
     two = Outcome(False, "no", ro={"n0": False}, fds={IMAGE: [O_RDONLY, O_RDWR]})
     assert mismatches(exp, two) == ["image fd modes ['O_RDONLY', 'O_RDWR'], expected one O_RDONLY fd"]
@@ -77,14 +78,16 @@ def _check(case: str = "case-a", version: tuple[int, int] = (10, 0)) -> CaseChec
 def test_bug_as_predicted_is_followed_and_ends_as_xfail() -> None:
     cc = _check()
     assert cc.step(FIXED_EXP, Outcome(True, ro={"n0": False}, fds={IMAGE: [O_RDWR]}), what="step 3") is True
-    assert cc.step(Expect(True, fds={IMAGE: O_RDWR}), Outcome(True, fds={IMAGE: [O_RDWR]}), what="step 4") is False
+    assert cc.step(Expect(True, fds={IMAGE: O_RDWR}), Outcome(True, fds={IMAGE: [O_RDWR]}),
+                   what="step 4") is False
     with pytest.raises(pytest.xfail.Exception, match=r"^b1: the fd stays O_RDWR$"):
         cc.finish()
 
 
 def test_fixed_behaviour_goes_on_and_fails_like_a_strict_xpass() -> None:
     cc = _check()
-    assert cc.step(FIXED_EXP, Outcome(True, ro={"n0": False}, fds={IMAGE: [O_RDONLY]}), what="step 3") is False
+    assert cc.step(FIXED_EXP, Outcome(True, ro={"n0": False}, fds={IMAGE: [O_RDONLY]}),
+                   what="step 3") is False
     with pytest.raises(AssertionError, match=r"known bug b1 not reproduced on build v10\.0 .*fixed\? "
                                              r"update scenario/known_bugs\.py"):
         cc.finish()
@@ -104,7 +107,8 @@ def test_bug_outside_its_cases_or_builds_is_a_plain_failure() -> None:
     got = Outcome(True, ro={"n0": False}, fds={IMAGE: [O_RDWR]})
     with pytest.raises(AssertionError, match="does not apply to this case or build"):
         _check(case="case-b").step(FIXED_EXP, got, what="step 3")
-    fixed = known_bugs.KnownBug("b2", "t", "c", "dyn", r"^case-a$", BUG.deviation, fixed_in=((9, 1), "7d99ae59a2"))
+    fixed = known_bugs.KnownBug("b2", "t", "c", "dyn", r"^case-a$", BUG.deviation,
+                                fixed_in=((9, 1), "7d99ae59a2"))
     assert fixed.affects(caps((9, 0))) and not fixed.affects(caps((9, 1)))
     with pytest.raises(AssertionError, match="does not apply to this case or build"):
         _check(version=(10, 0)).step(FIXED_EXP.replace(bug=fixed), got, what="step 3")
@@ -118,7 +122,8 @@ def test_known_abort_is_sigabrt_with_the_assertion_text() -> None:
     for other in (Outcome(False, died="killed by SIGSEGV", stderr=died),
                   Outcome(False, died="killed by SIGABRT", stderr="Assertion `x' failed")):
         with pytest.raises(AssertionError, match="QEMU died"):
-            CaseCheck("reopen", "empty_options_list", build="v7.2", caps=caps((7, 2))).step(exp, other, what="r")
+            CaseCheck("reopen", "empty_options_list", build="v7.2", caps=caps((7, 2))).step(
+                exp, other, what="r")
     # answering (success or error) is the fixed behaviour
     cc = CaseCheck("reopen", "empty_options_list", build="v7.2", caps=caps((7, 2)))
     assert cc.step(exp, Outcome(False, "some error", "GenericError"), what="reopen []") is False

@@ -49,6 +49,18 @@ def _host_root() -> bool:
     return os.geteuid() == 0 and in_host_user_namespace()
 
 
+def _eacces_prefix() -> tuple[str, ...]:
+    """How QEMU runs so that a 0444 file refuses it: root's as :data:`UNPRIVILEGED`; under
+    ``unshare -r`` (no other uid mapped) as uid 0 without capabilities (an empty bounding set
+    leaves an exec'ing root none, so no CAP_DAC_OVERRIDE); a user's as the user."""
+    if _host_root():
+        return ("setpriv", f"--reuid={UNPRIVILEGED}", f"--regid={UNPRIVILEGED}",
+                "--clear-groups", "--pdeathsig", "SIGKILL", "--")
+    if os.geteuid() == 0:
+        return ("setpriv", "--bounding-set=-all", "--inh-caps=-all", "--pdeathsig", "SIGKILL", "--")
+    return ()
+
+
 def _unshare_mount() -> list[str]:
     userns = [] if _mount_capable() else ["--user", "--map-root-user"]
     return ["unshare", *userns, "--mount", "--propagation", "private"]
@@ -181,10 +193,7 @@ class EaccesStorage(Storage):
 
     @property
     def wrapper(self) -> Wrapper:
-        if not _host_root():
-            return Wrapper(label="eacces")
-        return Wrapper(("setpriv", f"--reuid={UNPRIVILEGED}", f"--regid={UNPRIVILEGED}",
-                        "--clear-groups", "--pdeathsig", "SIGKILL", "--"), label="eacces")
+        return Wrapper(_eacces_prefix(), label="eacces")
 
     def _chmod_all(self, mode: int) -> None:
         for p in self.directory.iterdir():
@@ -239,11 +248,9 @@ def unavailable_reason(kind: str) -> str | None:
                     f"{res.stderr.strip()}{'' if _mount_capable() else _userns_disabled()}")
         return None
     if kind == "eacces":
-        if not _host_root():
-            return _owner_not_refused()
-        if shutil.which("setpriv") is None:
+        if os.geteuid() == 0 and shutil.which("setpriv") is None:
             return "eacces storage needs setpriv (Debian package util-linux)"
-        return None
+        return None if _host_root() else _owner_not_refused()
     return f"unknown storage kind {kind!r}"
 
 
@@ -259,21 +266,20 @@ def _userns_disabled() -> str:
 
 
 def _owner_not_refused() -> str | None:
-    """Why a QEMU of ours would not be refused a 0444 file of ours (None if it would be)."""
+    """Why a QEMU of ours (started with :func:`_eacces_prefix`) would not be refused a 0444
+    file of ours, found by trying; None if it would be."""
     import tempfile
 
     with tempfile.TemporaryDirectory(prefix="qemublock-eacces-") as d:
         probe = Path(d) / "probe"
         probe.touch(0o444)
-        try:
-            os.close(os.open(probe, os.O_RDWR))
-        except PermissionError:
-            return None
-    if os.geteuid() == 0:
-        return ("eacces storage: uid 0 of a user namespace (unshare -r) ignores 0444 and cannot "
-                f"run QEMU as uid {UNPRIVILEGED}, which is not mapped there: run as root or as a user")
-    return (f"eacces storage: uid {os.geteuid()} may write its 0444 files (CAP_DAC_OVERRIDE?), "
-            "so QEMU would not be refused")
+        res = run([*_eacces_prefix(), "sh", "-c", 'exec 3<>"$1"', "sh", str(probe)], timeout=20,
+                  program="sh")
+    if res.returncode != 0 and "Permission denied" in res.stderr:
+        return None
+    return (f"eacces storage: a process of uid {os.geteuid()} may open a 0444 file of its own "
+            f"for writing ({res.stderr.strip() or 'no error'}; CAP_DAC_OVERRIDE?), so QEMU "
+            "would not be refused")
 
 
 @functools.lru_cache(maxsize=64)

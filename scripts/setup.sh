@@ -46,6 +46,11 @@ if ((${#missing[@]})); then
     DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}" >&2
 fi
 
+# The unprivileged uid tests/test_nonroot.py runs the suites as (a developer's run).
+if ! getent passwd qbtest >/dev/null; then
+    useradd --system --no-create-home --user-group --shell /usr/sbin/nologin qbtest >&2
+fi
+
 python=${PYTHON:-python3}
 if [[ ! -x .venv/bin/python ]]; then
     "$python" -m venv .venv

@@ -25,6 +25,12 @@ import pytest
 from pytest_qemublock.host import procfs
 from pytest_qemublock.qemu.build import BINARIES
 
+#: pip's messages when the index cannot be reached (pip/_internal/network, urllib3, socket)
+NETWORK_ERROR = re.compile(
+    r"(NewConnectionError|Failed to establish a new connection|Temporary failure in name resolution"
+    r"|Name or service not known|Network is unreachable|Max retries exceeded|ConnectTimeoutError"
+    r"|ReadTimeoutError|Could not fetch URL)")
+
 #: iotests-style variables and others that would leak the developer's setup
 #: into inner runs (and xdist's, which would make an inner run think it is a worker).
 LEAKY_ENV = tuple(b.env for b in BINARIES) + (

@@ -18,6 +18,8 @@ from pathlib import Path
 
 import pytest
 
+from helpers import NETWORK_ERROR
+
 pytestmark = pytest.mark.wheel
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -26,11 +28,6 @@ NOT_SOURCE = (".git", ".venv", "build", "dist", "*.egg-info", "__pycache__", ".p
               "qemublock-evidence", "qemublock-results*.json")
 #: files the wheel must carry besides the modules
 PACKAGE_DATA = ("pytest_qemublock/storage/recipes.toml", "pytest_qemublock/py.typed")
-#: pip's messages when the index cannot be reached (pip/_internal/network, urllib3, socket)
-NETWORK_ERROR = re.compile(
-    r"(NewConnectionError|Failed to establish a new connection|Temporary failure in name resolution"
-    r"|Name or service not known|Network is unreachable|Max retries exceeded|ConnectTimeoutError"
-    r"|ReadTimeoutError|Could not fetch URL)")
 #: bounded waits for pip when the network is down (the environment may set a 180 s timeout)
 PIP_ENV = {"PIP_RETRIES": "1", "PIP_TIMEOUT": "20", "PIP_DISABLE_PIP_VERSION_CHECK": "1"}
 #: the suite cases run with the installed plugin: a handful of seconds

@@ -129,5 +129,6 @@ def started(ctx: ProvideContext, name: str, start: Callable[[], S]) -> S:
 
 def needs_root(what: str) -> str | None:
     if os.geteuid() != 0:
-        return f"{what} needs root (its server runs in a private mount namespace)"
+        return (f"{what} needs root: its server is started only by root, in a private mount "
+                "namespace with a tmpfs on /run (no user namespace)")
     return None

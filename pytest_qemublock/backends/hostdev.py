@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from ..host.process import run
+from ..host.procfs import in_host_user_namespace
 from ..qemu.build import QemuBuild
 from .base import Backend, ProvideContext, Target, new_image
 from .server import Server, ServerError
@@ -120,6 +121,9 @@ class HostdevBackend(Backend):
     def unavailable(self, build: QemuBuild, storage: str) -> str | None:
         if os.geteuid() != 0:
             return "hostdev needs root: losetup attaches loop devices only for root"
+        if not in_host_user_namespace():
+            return ("hostdev needs root of the host: uid 0 of a user namespace (unshare -r) "
+                    "cannot open /dev/loop-control nor attach loop devices")
         if shutil.which("losetup") is None:
             return "hostdev needs losetup (Debian package mount)"
         if not Path("/dev/loop-control").exists():

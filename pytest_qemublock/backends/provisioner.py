@@ -48,8 +48,12 @@ class Provisioner:
         self.servers: list[Server] = []
 
     def storage(self, kind: str) -> Storage:
+        """The test's storage of *kind*; skips (with the reason) if the host cannot make it."""
         if kind not in self.storages:
-            self.storages[kind] = self._make_storage(kind)
+            try:
+                self.storages[kind] = self._make_storage(kind)
+            except StorageUnavailable as e:
+                pytest.skip(str(e))
         return self.storages[kind]
 
     def target(self, backend: str, storage: str, recipe: str = "raw") -> Target:
@@ -57,9 +61,9 @@ class Provisioner:
         b = registry.get(backend)
         if storage not in b.storages:
             raise ValueError(f"backend {backend} has no storage {storage!r} ({', '.join(b.storages)})")
-        reason = b.unavailable(self.build, storage)
-        if reason is None and b.listens_on_tcp:
-            reason = sandbox.loopback_shared()
+        # A TCP server without the sandbox is refused by design, whatever else it needs.
+        reason = sandbox.loopback_shared() if b.listens_on_tcp else None
+        reason = reason or b.unavailable(self.build, storage)
         if reason:
             pytest.skip(reason)
         self._skip_unless_driver_loads(b.driver)

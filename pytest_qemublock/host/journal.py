@@ -45,8 +45,12 @@ class StateDirError(QemuBlockError):
 
 
 def default_state_dir() -> Path:
-    """``$TMPDIR/qemublock-<uid>-procs`` (one per user, shared by that user's runs)."""
-    return Path(tempfile.gettempdir()) / f"qemublock-{os.getuid()}-procs"
+    """``$TMPDIR/qemublock-<uid>-procs`` (one per user, shared by that user's runs).
+
+    The uid is the one outside a user namespace: under ``unshare -r`` a user is uid
+    0, and ``qemublock-0-procs`` would be root's directory (refused: not ours).
+    """
+    return Path(tempfile.gettempdir()) / f"qemublock-{procfs.outer_uid(os.getuid())}-procs"
 
 
 def new_token() -> str:

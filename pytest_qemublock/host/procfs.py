@@ -104,6 +104,41 @@ def namespace_pids(ns: str) -> list[int]:
     return sorted(pid for pid in psutil.pids() if mount_namespace(pid) == ns and running(pid))
 
 
+#: ``/proc/self/uid_map`` of the host's (initial) user namespace: every uid maps to itself
+_IDENTITY_MAP = [(0, 0, 4294967295)]
+
+
+def _uid_map() -> list[tuple[int, int, int]]:
+    try:
+        with open("/proc/self/uid_map") as f:
+            return [(int(a), int(b), int(n)) for a, b, n in (ln.split() for ln in f if ln.strip())]
+    except (OSError, ValueError):
+        return _IDENTITY_MAP
+
+
+def in_host_user_namespace() -> bool:
+    """True unless this process runs in a user namespace (``unshare -r``), where uid 0 is
+    a user's own uid and the uids of everybody else are not mapped."""
+    return _uid_map() == _IDENTITY_MAP
+
+
+def outer_uid(uid: int) -> int:
+    """*uid* as the parent user namespace sees it (itself in the host's namespace)."""
+    for inside, outside, count in _uid_map():
+        if inside <= uid < inside + count:
+            return outside + uid - inside
+    return uid
+
+
+def sysctl(name: str) -> str | None:
+    """The value of sysctl *name* (``kernel.foo``), None where this kernel has none."""
+    try:
+        with open("/proc/sys/" + name.replace(".", "/")) as f:
+            return f.read().strip()
+    except OSError:
+        return None
+
+
 def mount_fstype(mountpoint: str) -> str | None:
     """The file system type mounted at *mountpoint* (``tmpfs``...), ``None`` if none is."""
     try:

@@ -53,6 +53,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import QemuBlockError
+from . import procfs
 
 _CLONE_NEWNET = 0x40000000
 _CLONE_NEWPID = 0x20000000
@@ -296,6 +297,9 @@ def unavailable_reason() -> str | None:
         return "not Linux"
     if os.geteuid() != 0:
         return "not root: setns() into a new PID/network namespace needs CAP_SYS_ADMIN"
+    if not procfs.in_host_user_namespace():
+        return ("uid 0 of a user namespace (unshare -r): setns() back into the host's PID "
+                "namespace needs CAP_SYS_ADMIN in the host's user namespace")
     if threading.current_thread() is not threading.main_thread():
         return "not on the main thread, which creates the listening sockets"
     return None

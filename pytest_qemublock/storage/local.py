@@ -5,8 +5,11 @@ Root ignores 0444, so a read-only image needs one of:
 * ``erofs``: a read-only bind mount in a private mount namespace. A holder
   process keeps the namespace alive; QEMU and servers join it with
   ``nsenter``. The host never sees the mount, so nothing can leak into it.
+  A user who is not root makes it in a user namespace of their own
+  (``unshare --user --map-root-user --mount``) and joins both.
 * ``eacces``: a 0444 file opened by a QEMU running as an unprivileged uid
-  (``setpriv``).
+  (``setpriv``) when we are root; a user's QEMU runs as that user, whom
+  0444 refuses already.
 
 Both let the test create images through the writable host path and flip
 the storage between read-only and writable while QEMU runs.
@@ -21,7 +24,7 @@ from pathlib import Path
 
 from ..errors import QemuBlockError
 from ..host.process import ManagedProcess, run
-from ..host.procfs import command_name, mount_namespace
+from ..host.procfs import command_name, in_host_user_namespace, mount_namespace, sysctl
 from ..qemu.context import RunContext
 from ..qemu.instance import Wrapper
 
@@ -33,6 +36,42 @@ class StorageUnavailable(QemuBlockError):
 UNPRIVILEGED = 65534
 
 KINDS = ("rw", "erofs", "eacces")
+
+
+def _mount_capable() -> bool:
+    # uid 0, also in a user namespace of one's own (unshare -r), may create mount
+    # namespaces and mount in them; anybody else needs a user namespace first.
+    return os.geteuid() == 0
+
+
+def _host_root() -> bool:
+    """Root of the host: may run QEMU as :data:`UNPRIVILEGED` (mapped only here)."""
+    return os.geteuid() == 0 and in_host_user_namespace()
+
+
+def _eacces_prefix() -> tuple[str, ...]:
+    """How QEMU runs so that a 0444 file refuses it: root's as :data:`UNPRIVILEGED`; under
+    ``unshare -r`` (no other uid mapped) as uid 0 without capabilities (an empty bounding set
+    leaves an exec'ing root none, so no CAP_DAC_OVERRIDE); a user's as the user."""
+    if _host_root():
+        return ("setpriv", f"--reuid={UNPRIVILEGED}", f"--regid={UNPRIVILEGED}",
+                "--clear-groups", "--pdeathsig", "SIGKILL", "--")
+    if os.geteuid() == 0:
+        return ("setpriv", "--bounding-set=-all", "--inh-caps=-all", "--pdeathsig", "SIGKILL", "--")
+    return ()
+
+
+def _unshare_mount() -> list[str]:
+    userns = [] if _mount_capable() else ["--user", "--map-root-user"]
+    return ["unshare", *userns, "--mount", "--propagation", "private"]
+
+
+def _nsenter(pid: int) -> tuple[str, ...]:
+    # A user namespace must be joined before the mount namespace it owns (nsenter
+    # does so); --preserve-credentials: its setgroups() is refused there (setgroups
+    # "deny", user_namespaces(7)), and our uid is already root in it.
+    userns = () if _mount_capable() else ("-U", "--preserve-credentials")
+    return ("nsenter", "-t", str(pid), *userns, "-m", "--")
 
 
 class Storage:
@@ -90,7 +129,7 @@ class ErofsStorage(Storage):
         self.mountpoint = workdir / "ro"
         self.mountpoint.mkdir(exist_ok=True)
         self.holder: ManagedProcess = ctx.registry.spawn(
-            ["unshare", "--mount", "--propagation", "private", "--", "sleep", "infinity"],
+            [*_unshare_mount(), "--", "sleep", "infinity"],
             name="mntns-holder", log_dir=ctx.evidence.log_dir, program="sleep")
         self._ns("mount", "--bind", self.directory, self.mountpoint)
         self.make_readonly()
@@ -100,7 +139,7 @@ class ErofsStorage(Storage):
         # spawn; nsenter into the host namespace would be a silent disaster,
         # so compare namespace ids first.
         self._wait_for_namespace()
-        run(["nsenter", "-t", str(self.holder.pid), "-m", "--", *map(str, args)],
+        run([*_nsenter(self.holder.pid), *map(str, args)],
             timeout=self.timeouts.tool, check=True, program=os.path.basename(str(args[0])))
 
     def _wait_for_namespace(self) -> None:
@@ -111,8 +150,7 @@ class ErofsStorage(Storage):
         while time.monotonic() < deadline:
             if not self.holder.alive():
                 raise StorageUnavailable(
-                    f"unshare --mount failed: {self.holder.stderr_text().strip()} "
-                    "(needs root or user namespaces; Debian package util-linux)")
+                    f"{' '.join(_unshare_mount())} failed: {self.holder.stderr_text().strip()}")
             ns = mount_namespace(self.holder.pid)
             if ns is not None and ns != own and command_name(self.holder.pid) == "sleep":
                 return
@@ -121,7 +159,7 @@ class ErofsStorage(Storage):
 
     @property
     def wrapper(self) -> Wrapper:
-        return Wrapper(("nsenter", "-t", str(self.holder.pid), "-m", "--"), label="erofs")
+        return Wrapper(_nsenter(self.holder.pid), label="erofs")
 
     def qemu_path(self, host_path: Path) -> Path:
         return self.mountpoint / host_path.relative_to(self.directory)
@@ -140,7 +178,8 @@ class ErofsStorage(Storage):
 
 
 class EaccesStorage(Storage):
-    """0444 files, opened by a QEMU that runs as an unprivileged uid."""
+    """0444 files, opened by a QEMU that runs as an unprivileged uid (root's run) or as
+    the user (a user's run: the owner of a 0444 file is refused too)."""
 
     kind = "eacces"
     error_text = "Permission denied"
@@ -154,8 +193,7 @@ class EaccesStorage(Storage):
 
     @property
     def wrapper(self) -> Wrapper:
-        return Wrapper(("setpriv", f"--reuid={UNPRIVILEGED}", f"--regid={UNPRIVILEGED}",
-                        "--clear-groups", "--pdeathsig", "SIGKILL", "--"), label="eacces")
+        return Wrapper(_eacces_prefix(), label="eacces")
 
     def _chmod_all(self, mode: int) -> None:
         for p in self.directory.iterdir():
@@ -178,7 +216,7 @@ class EaccesStorage(Storage):
 def _set_mode(path: Path, mode: int) -> None:
     # Writable for the unprivileged QEMU as its owner, not for everyone (0666):
     # 0444 refuses its O_RDWR open all the same, owner or not.
-    if mode & 0o200:
+    if mode & 0o200 and _host_root():
         os.chown(path, UNPRIVILEGED, UNPRIVILEGED)
     os.chmod(path, mode)
 
@@ -188,7 +226,7 @@ def qemu_socket_dir(path: Path) -> Path:
     other user can reach one: owned by the ``eacces`` QEMU's uid when we are root
     (root's QEMU needs no permission), else by us. Instead of a world-writable dir."""
     path.mkdir(mode=0o700, exist_ok=True)
-    if os.geteuid() == 0:
+    if _host_root():
         os.chown(path, UNPRIVILEGED, UNPRIVILEGED)
     os.chmod(path, 0o700)
     return path
@@ -203,19 +241,45 @@ def unavailable_reason(kind: str) -> str | None:
         for tool in ("unshare", "nsenter", "mount"):
             if shutil.which(tool) is None:
                 return f"erofs storage needs {tool} (Debian package util-linux / mount)"
-        res = run(["unshare", "--mount", "--propagation", "private", "true"], timeout=20,
-                  program="true")
+        argv = _unshare_mount()
+        res = run([*argv, "true"], timeout=20, program="true")
         if res.returncode != 0:
-            return (f"erofs storage needs a private mount namespace, `unshare --mount` failed: "
-                    f"{res.stderr.strip()} (run as root or enable unprivileged user namespaces)")
+            return (f"erofs storage needs a private mount namespace, `{' '.join(argv)}` failed: "
+                    f"{res.stderr.strip()}{'' if _mount_capable() else _userns_disabled()}")
         return None
     if kind == "eacces":
-        if shutil.which("setpriv") is None:
+        if os.geteuid() == 0 and shutil.which("setpriv") is None:
             return "eacces storage needs setpriv (Debian package util-linux)"
-        if os.geteuid() != 0:
-            return "eacces storage needs root to run QEMU as another uid (setpriv --reuid)"
-        return None
+        return None if _host_root() else _owner_not_refused()
     return f"unknown storage kind {kind!r}"
+
+
+#: sysctls that disable user namespaces for users, and the value that does
+_USERNS_OFF = {"kernel.unprivileged_userns_clone": "0", "user.max_user_namespaces": "0",
+               "kernel.apparmor_restrict_unprivileged_userns": "1"}
+
+
+def _userns_disabled() -> str:
+    off = [f"{k}={v}" for k, v in _USERNS_OFF.items() if sysctl(k) == v]
+    return (f" (user namespaces are disabled for users: {', '.join(off)}; run as root or change it)"
+            if off else "")
+
+
+def _owner_not_refused() -> str | None:
+    """Why a QEMU of ours (started with :func:`_eacces_prefix`) would not be refused a 0444
+    file of ours, found by trying; None if it would be."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="qemublock-eacces-") as d:
+        probe = Path(d) / "probe"
+        probe.touch(0o444)
+        res = run([*_eacces_prefix(), "sh", "-c", 'exec 3<>"$1"', "sh", str(probe)], timeout=20,
+                  program="sh")
+    if res.returncode != 0 and "Permission denied" in res.stderr:
+        return None
+    return (f"eacces storage: a process of uid {os.geteuid()} may open a 0444 file of its own "
+            f"for writing ({res.stderr.strip() or 'no error'}; CAP_DAC_OVERRIDE?), so QEMU "
+            "would not be refused")
 
 
 @functools.lru_cache(maxsize=64)
@@ -223,8 +287,11 @@ def unprivileged_cannot_reach(path: Path, executable: bool = False) -> str | Non
     """Why uid 65534 cannot reach *path* (None if it can), found by trying it.
 
     An eacces QEMU runs as that uid: its binary and the image directory
-    must be reachable through world-searchable parents.
+    must be reachable through world-searchable parents. A user's run needs
+    no other uid (its QEMU runs as the user).
     """
+    if not _host_root():
+        return None
     # Run the binary itself: access(2) and execve(2) disagree in some sandboxes.
     probe = [str(path), "--version"] if executable else ["test", "-r", str(path)]
     res = run(["setpriv", f"--reuid={UNPRIVILEGED}", f"--regid={UNPRIVILEGED}", "--clear-groups",

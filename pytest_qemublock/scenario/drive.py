@@ -60,10 +60,13 @@ def qmp_failed(err: QmpError, vm: QemuInstance | None = None) -> Outcome:
 
 
 def state(vm: QemuInstance, nodes: Iterable[str], images: Mapping[str, Path | None],
-          err: QmpError | None = None, detail: str = "") -> Outcome:
+          err: QmpError | None = None, detail: str = "",
+          named: Mapping[str, Any] | None = None) -> Outcome:
     """The outcome of a QMP step that returned *err* (None: success): ``ro`` of *nodes*
-    (query-named-block-nodes; None if missing) and the modes of QEMU's fds per image."""
-    named = vm.nodes()
+    (query-named-block-nodes, unless the caller has just asked: *named*; None if
+    missing) and the modes of QEMU's fds per image."""
+    if named is None:
+        named = vm.nodes()
     ro = {n: (bool(named[n]["ro"]) if n in named else None) for n in nodes}
     fds = {label: procfs.fd_modes(vm.pid, path) for label, path in images.items() if path is not None}
     return Outcome(err is None, err.desc if err else "", err.error_class if err else "", ro, fds,
@@ -103,8 +106,9 @@ def observe(vm: QemuInstance, interface: str, target: Target, err: QmpError | No
             detail: str = "") -> Outcome:
     """The state of *target*'s nodes in *vm* (every named node), after a step that
     returned *err*; for ``-drive`` also query-block's ``ro`` of drive ``d0``."""
-    nodes = [name for name in vm.nodes() if not name.startswith("#")]
-    out = state(vm, nodes, {IMAGE: target.fd_path}, err, detail)
+    named = vm.nodes()
+    nodes = [name for name in named if not name.startswith("#")]
+    out = state(vm, nodes, {IMAGE: target.fd_path}, err, detail, named)
     if interface == "drive":
         for blk in vm.execute("query-block"):
             if blk.get("device") == "d0" and "inserted" in blk:

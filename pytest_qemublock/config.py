@@ -59,7 +59,7 @@ def addoption(parser: pytest.Parser) -> None:
     group.addoption("--qb-list-backends", action="store_true",
                     help="list the backends, their storages and whether this host can run them, then exit")
     group.addoption("--qb-expectations", action="store_true",
-                    help="print the expected-behaviour tables (docs/behaviour.md) of the build(s), "
+                    help="print the expected-behaviour tables (docs/expectations.md) of the build(s), "
                          "generated from the expectations, then exit")
     group.addoption("--format", action="append", metavar="FMT[,FMT]",
                     help="run only these image formats (raw, qcow2, chain, proto)")

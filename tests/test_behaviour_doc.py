@@ -1,4 +1,4 @@
-"""docs/behaviour.md stays true: it is exactly what ``pytest --qb-expectations`` prints for
+"""docs/expectations.md stays true: it is exactly what ``pytest --qb-expectations`` prints for
 this project's two reference builds (Debian's 7.2 on PATH and the unpacked 10.0)."""
 from __future__ import annotations
 
@@ -14,14 +14,14 @@ from helpers import QEMU10_DIR
 from pytest_qemublock.reference.behaviour import REGENERATE
 
 ROOT = Path(__file__).resolve().parent.parent
-DOC = ROOT / "docs" / "behaviour.md"
+DOC = ROOT / "docs" / "expectations.md"
 TIMEOUT = 120
 
 
 def test_doc_is_generated_from_the_expectations() -> None:
     if not (QEMU10_DIR / "usr/bin/qemu-system-x86_64").is_file():
         pytest.skip(f"no QEMU 10.0 build at {QEMU10_DIR} (scripts/fetch-qemu-build.sh; "
-                    f"or set QB_TEST_QEMU10): docs/behaviour.md is generated for 7.2 and 10.0")
+                    f"or set QB_TEST_QEMU10): docs/expectations.md is generated for 7.2 and 10.0")
     argv = shlex.split(REGENERATE.partition(">")[0])[1:]  # the documented command, without "> doc"
     argv = [a.replace("/var/cache/pytest-qemublock/qemu-10.0", str(QEMU10_DIR)) for a in argv]
     cmd = [sys.executable, "-m", "pytest", *argv]
@@ -30,6 +30,6 @@ def test_doc_is_generated_from_the_expectations() -> None:
                                  f"{res.stdout[-3000:]}{res.stderr[-3000:]}")
     committed = DOC.read_text()
     diff = "".join(list(difflib.unified_diff(committed.splitlines(True), res.stdout.splitlines(True),
-                                             "docs/behaviour.md", "generated"))[:40])
+                                             "docs/expectations.md", "generated"))[:40])
     assert res.stdout == committed, (
-        f"docs/behaviour.md is not what the expectations say; regenerate it:\n  {REGENERATE}\n{diff}")
+        f"docs/expectations.md is not what the expectations say; regenerate it:\n  {REGENERATE}\n{diff}")

@@ -1,1 +1,1 @@
-"""The expected-behaviour reference (docs/behaviour.md): the rules of expectations/ as tables."""
+"""The expected-behaviour reference (docs/expectations.md): the rules of expectations/ as tables."""

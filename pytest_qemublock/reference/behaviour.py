@@ -1,4 +1,4 @@
-"""The expected-behaviour reference (docs/behaviour.md), generated from the expectations.
+"""The expected-behaviour reference (docs/expectations.md), generated from the expectations.
 
 ``pytest --qb-expectations`` evaluates the rules of :mod:`pytest_qemublock.expectations`
 over their scenario's whole matrix for each build's probed capabilities and prints
@@ -30,7 +30,7 @@ IMAGE_PATH = "<image>"
 STRERROR = {s.kind: s.error_text for s in (Storage, ErofsStorage, EaccesStorage)}
 
 REGENERATE = ("pytest -p no:cacheprovider --qb-expectations --qemu-build v7.2=/ "
-              "--qemu-build v10.0=/var/cache/pytest-qemublock/qemu-10.0 > docs/behaviour.md")
+              "--qemu-build v10.0=/var/cache/pytest-qemublock/qemu-10.0 > docs/expectations.md")
 
 RESULTS = ("expected", "because", "cites", "depends on")
 
@@ -248,7 +248,7 @@ def build_line(name: str, caps: Capabilities) -> str:
 
 
 def document(builds: Sequence[tuple[str, Capabilities]]) -> str:
-    """docs/behaviour.md for *builds* (name, probed capabilities)."""
+    """docs/expectations.md for *builds* (name, probed capabilities)."""
     out = ["# Expected behaviour", "",
            "Generated from the rules in `pytest_qemublock/expectations/` and the driver facts in "
            "`pytest_qemublock/backends/drivers.py` for each build's probed capabilities; do not edit. "

@@ -16,6 +16,7 @@ from typing import Any
 
 from ..backends.base import Target
 from ..host import procfs
+from ..host.process import describe_status
 from ..qemu.factory import QemuFactory
 from ..qemu.instance import LaunchError, QemuInstance
 from ..qemu.qmp import QmpError
@@ -253,3 +254,14 @@ def assert_released(vm: QemuInstance, target: Target, what: str, why: str = "") 
         assert not fds, f"{what}: after blockdev-del n0, {vm.name} still has {fds} on {target.fd_path}"
     if target.readonly:
         _assert_image_unchanged(target, what, why)
+
+
+def died(qemu: QemuFactory, vm: QemuInstance) -> Outcome:
+    """*vm* died during a step (maybe the expected outcome: a known abort): reap it
+    and take it from the test's QEMUs, so that the ``qemu`` fixture's teardown does not
+    report the same death again, and say how it died."""
+    vm.proc.wait_exit(vm.timeouts.shutdown)
+    got = Outcome(False, died=describe_status(vm.proc.returncode), stderr=vm.proc.stderr_text(4000))
+    vm.proc.stop()  # reaped now, it leaves the registry by itself
+    qemu.instances.remove(vm)
+    return got

@@ -102,7 +102,6 @@ class IscsiServer(Server):
                 raise ProcessError(f"tgtd processes {left} survived SIGKILL")
         finally:
             self.namespace.close()
-            self.registry.forget(self.proc)
 
     def describe(self) -> str:
         return (f"tgtd {self.iqn} LUN {self.lun} {'read-only' if self.readonly else 'writable'} "
@@ -184,7 +183,6 @@ def _start_tgtd(ctx: ServerContext) -> tuple[ManagedProcess, Namespace, int, int
             proc.kill()
             if ns is not None:
                 ns.close()
-            ctx.registry.forget(proc)
             problems.append(f"attempt {attempt} (port {port}): {e}")
             if not wrong_portal:
                 break

@@ -63,7 +63,6 @@ class NbdServer(Server):
             try:
                 self._owner.shutdown()
             finally:
-                self.registry.forget(self._owner.proc)
                 if self.listener is not None:
                     self.listener.close()
             return
@@ -201,7 +200,6 @@ def start_qemu_export(ctx: ServerContext, image: Path, *, readonly: bool, accel:
                                               "max-connections": 16})
     if isinstance(res, QmpError):
         vm.shutdown()
-        ctx.registry.forget(vm.proc)
         listener.close()
         raise ServerError(f"qemu-export: nbd-server-start failed: {res}")
     vm.execute("block-export-add", {"type": "nbd", "id": "e0", "node-name": "n0", "name": "e0",

@@ -118,7 +118,6 @@ class SshServer(Server):
             try:
                 self.agent.stop()
             finally:
-                self.registry.forget(self.agent)
                 self.agent_sock.unlink(missing_ok=True)
 
     def describe(self) -> str:
@@ -217,7 +216,6 @@ def start_sshd(ctx: ServerContext, *, readonly: bool, user: str | None = None) -
         for p in (proc, agent):
             if p is not None:
                 p.stop()
-                ctx.registry.forget(p)
         sock.unlink(missing_ok=True)
         listener.close()
         raise

@@ -152,7 +152,21 @@ def _timeout_factor(option: float | None, ini: str | None) -> float:
     return value
 
 
-def _check_writable_dir(path: Path, option: str) -> None:
+def check_run_dirs(settings: Settings) -> None:
+    """Refuse, in one line, a run whose evidence or probe-cache directory cannot be written.
+
+    Only the explicit ``--qb-evidence-dir`` is checked while options are read; the
+    default one (``qemublock-evidence/`` of the rootdir) is checked here, once the run
+    is known to use the plugin: a user running the suites of a checkout they cannot
+    write would otherwise meet a PermissionError traceback at the first probe.
+    """
+    if settings.retention != "none":
+        _check_writable_dir(settings.evidence_dir, "--qb-evidence-dir",
+                            hint="; pass --qb-evidence-dir DIR (a directory you can write)")
+    _check_writable_dir(settings.cache_dir, "probe cache", hint="; pass --qb-evidence-dir DIR")
+
+
+def _check_writable_dir(path: Path, option: str, hint: str = "") -> None:
     """Create *path* if needed and prove a file can be made in it, or refuse the run."""
     try:
         path.mkdir(parents=True, exist_ok=True)
@@ -160,4 +174,4 @@ def _check_writable_dir(path: Path, option: str) -> None:
             pass
     except OSError as e:
         raise pytest.UsageError(f"qemublock: {option}={path}: cannot write there: "
-                                f"{e.strerror or e}") from None
+                                f"{e.strerror or e}{hint}") from None

@@ -66,6 +66,7 @@ def pytest_configure(config: pytest.Config) -> None:
         report.MatrixReport(config, lambda: session.resolved_builds), "qemublock-report")
     if config_mod.wanted(config):
         try:
+            config_mod.check_run_dirs(session.settings)
             session.activate()  # first: it removes dead runs' work dirs
             if session.settings.worker_id == "main":  # xdist workers: checked by the controller
                 check_free_space(session.settings.basetemp)

@@ -90,6 +90,12 @@ def _evidence_below_a_file(p: Path, mp: pytest.MonkeyPatch) -> list[str]:
     return [f"--qb-evidence-dir={p}/a-file/evidence"]
 
 
+def _default_evidence_dir_is_a_file(p: Path, mp: pytest.MonkeyPatch) -> list[str]:
+    # as a user in root's checkout: the default evidence dir cannot be made or written
+    (p / "qemublock-evidence").write_text("")
+    return []
+
+
 def _img_not_on_path(p: Path, mp: pytest.MonkeyPatch) -> list[str]:
     (p / "empty").mkdir()
     mp.setenv("PATH", str(p / "empty"))
@@ -179,6 +185,9 @@ CASES: list[tuple[str, Setup | list[str], str]] = [
      r"ini qb_timeout_factor = fast: not a number"),
     ("evidence-dir-unwritable", _evidence_below_a_file,
      r"--qb-evidence-dir={p}/a-file/evidence: cannot write there: Not a directory"),
+    ("default-evidence-dir-unwritable", _default_evidence_dir_is_a_file,
+     r"--qb-evidence-dir={p}/qemublock-evidence: cannot write there: File exists; "
+     r"pass --qb-evidence-dir DIR \(a directory you can write\)"),
     ("env-var-names-its-source", _env_missing,
      r"qemu-img from \$QEMU_IMG_PROG: /nonexistent/qemu-img does not exist"),
     ("ini-names-its-source", _ini_missing,

@@ -85,7 +85,9 @@ def test_only_failing_and_xfailed_cases_carry_evidence():
     xfailed.qb_evidence = EVIDENCE
     xcase = _fold(_rep("setup", "passed"), xfailed, _rep("teardown", "passed"))
 
+    skipped = _fold(_rep("setup", "skipped", longrepr=("t.py", 1, "Skipped: no qsd here")))
     assert not {"details", "evidence"} & set(passed.to_json())
+    assert not {"details", "evidence"} & set(skipped.to_json())
     assert case.to_json()["evidence"] == EVIDENCE
     assert case.to_json()["details"] == "E   AssertionError: open x\nE     expected: succeeds"
     assert xcase.to_json()["evidence"] == EVIDENCE

@@ -94,9 +94,11 @@ SUITES = {
     "hostdev": ["hostdev-ro"],
     "inactive": ["file-rw"],
     "jobs": ["file-eacces", "file-erofs", "file-rw"],
-    "open": [f"{k}-{s}" for k in ("http", "iscsi", "nbd-nbdkit-unix", "nbd-qemu-export-unix", "nbd-qemu-nbd-tcp",
-                                  "nbd-qemu-nbd-unix", "nbd-qsd-tcp", "nbd-qsd-unix", "ssh")
-             for s in ("ro", "rw") if (k, s) != ("http", "rw")] + ["file-eacces", "file-erofs", "file-rw"],
+    "open": [f"{k}-{s}" for k in ("http", "iscsi", "nbd-nbdkit-unix", "nbd-qemu-export-unix",
+                                  "nbd-qemu-nbd-tcp", "nbd-qemu-nbd-unix", "nbd-qsd-tcp",
+                                  "nbd-qsd-unix", "ssh")
+             for s in ("ro", "rw") if (k, s) != ("http", "rw")]
+            + ["file-eacces", "file-erofs", "file-rw"],
     "reopen": ["-", "file-eacces", "file-erofs", "file-rw", "nbd-qemu-nbd-unix-ro", "nbd-qemu-nbd-unix-rw"],
     "smoke": ["-"],
     "snapshot": ["file-eacces", "file-erofs", "file-rw"],
@@ -116,4 +118,4 @@ def test_80_columns_whole_suites_one_table_and_lines_for_sparse_columns(builds):
     under = [line for line in text.splitlines() if ": only backend" in line]
     assert {line.split(":")[0] for line in under} >= {"hostdev", "inactive", "smoke", "fallback"}
     assert "fallback: only backends file-rw: " in text
-    assert sum(1 for c in ("degrade", "dynamic", "jobs", "open", "reopen") if c in header.split()) == 5, header
+    assert {"degrade", "dynamic", "jobs", "open", "reopen"} <= set(header.split()), header

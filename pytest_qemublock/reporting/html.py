@@ -193,7 +193,7 @@ def _evidence(ev: Mapping[str, Any]) -> str:
     for f in ev.get("findings") or []:
         rows = "".join(f"<tr><th>{label}</th><td>{escape(str(f[k]))}</td></tr>"
                        for k, label in _FINDING if f.get(k))
-        bug = f" — known bug <code>{escape(str(f['bug']))}</code>" if f.get("bug") else ""
+        bug = f" <code>{escape(str(f['bug']))}</code>" if f.get("bug") else ""
         out.append(f'<div class="finding"><h4>{escape(str(f.get("what", "")))} '
                    f'<span class="badge">{escape(str(f.get("verdict", "")))}</span>{bug}</h4>'
                    f'<table class="kv">{rows}</table></div>')
@@ -202,7 +202,8 @@ def _evidence(ev: Mapping[str, Any]) -> str:
                        for k, v in ev["context"].items())
         out.append(f'<h3>context</h3><table class="kv">{rows}</table>')
     for p in ev.get("processes") or []:
-        out.append(f"<h3>process {escape(str(p.get('name')))}: {escape(str(p.get('status', '')))}</h3>"
+        # the status names the process already: "qemu (pid 6235, exit status 1)"
+        out.append(f"<h3>process {escape(str(p.get('status') or p.get('name')))}</h3>"
                    + _pre("$ " + str(p.get("command", "")), "cmd")
                    + (_label("stderr (its end)") + _pre(str(p["stderr"]), "stderr") if p.get("stderr")
                       else _label("stderr: empty")))
@@ -227,9 +228,11 @@ def _case(nodeid: str, t: Mapping[str, Any], build: str) -> str:
     q = _q(nodeid, f"outcome={outcome}", f"build={build}", *axes, t.get("message", ""))
     where = " ".join(f'<span class="badge">{escape(a)}</span>' for a in [f"build={build}", *axes]
                      if not a.endswith("=" + MISSING))
-    # the whole failure text where there is one (the message is its first line, squeezed)
-    text = (_pre(str(t["details"]), "details") if t.get("details")
-            else f'<p class="msg">{escape(str(t.get("message", "")))}</p>')
+    # the whole failure text where there is one (the message is its first line, squeezed),
+    # unless it only repeats the message ("XFailed: <message>", from files of older runs)
+    details, message = str(t.get("details") or ""), str(t.get("message") or "")
+    text = (_pre(details, "details") if details and details.partition(": ")[2] != message
+            else f'<p class="msg">{escape(message)}</p>')
     body = [where, text]
     ev = t.get("evidence") or {}
     if ev:

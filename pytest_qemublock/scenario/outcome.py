@@ -209,6 +209,8 @@ def matches_prediction(exp: Expect, bug: KnownBug, got: Outcome) -> bool:
 def _note(what: str, build: str, problems: list[str], exp: Expect, got: Outcome, *,
           bug: KnownBug | None = None, verdict: str) -> None:
     """Put the check into the running test's evidence, for the results file and HTML report."""
+    # The running test's crash watch holds its evidence; outside the plugin's fixtures
+    # (unit tests of the rules) there is none and nothing to record.
     watch = crashes.current()
     if watch is None:
         return

@@ -3,7 +3,8 @@
 Everything is written while the test runs into its work directory, so even a
 hard crash leaves files behind. When the test fails (or with
 ``--qb-evidence=all``) the logs are copied to ``<evidence-dir>/<test>/`` and a
-short excerpt goes into the pytest report.
+short excerpt goes into the pytest report; :meth:`TestEvidence.record` is the same
+evidence as data, for the results file and the HTML report (``docs/report.md``).
 """
 from __future__ import annotations
 
@@ -63,6 +64,9 @@ class TestEvidence:
         self.transcripts: list[Path] = []
         self.context: dict[str, Any] = {}
         self.snapshots: list[Callable[[], tuple[str, Any]]] = []
+        self.snapshot_files: list[Path] = []
+        #: the outcome checks that did not go as expected (see :meth:`finding`)
+        self.findings: list[dict[str, Any]] = []
 
     def add_process(self, proc: ManagedProcess) -> None:
         if proc in self.processes:
@@ -88,6 +92,11 @@ class TestEvidence:
         """Register a callable taken on failure, e.g. a ``query-named-block-nodes`` dump."""
         self.snapshots.append(fn)
 
+    def finding(self, **fields: str) -> None:
+        """Record one check that QEMU did not pass as expected (or passed as a known bug
+        predicts): ``what``, ``expected``, ``because``, ``did``, ``problems``, ``bug``..."""
+        self.findings.append(fields)
+
     # -- on failure ---------------------------------------------------------
     def take_snapshots(self) -> None:
         for fn in self.snapshots:
@@ -95,8 +104,11 @@ class TestEvidence:
                 name, data = fn()
             except Exception as e:  # noqa: BLE001 - the process may be gone
                 name, data = "snapshot-error", repr(e)
-            with open(self.log_dir / f"{safe_name(name)}.json", "w", encoding="utf-8") as f:
+            path = self.log_dir / f"{safe_name(name)}.json"
+            with open(path, "w", encoding="utf-8") as f:
                 json.dump(data, f, indent=1, default=str)
+            if path not in self.snapshot_files:
+                self.snapshot_files.append(path)
 
     def excerpt(self, qmp_lines: int = 12, stderr_lines: int = 8) -> str:
         """A short text for the pytest report: context, commands, stderr and QMP tails."""
@@ -123,6 +135,38 @@ class TestEvidence:
                     out.append("  " + line[:300])
         return "\n".join(out)
 
+    def record(self, kept: Path | None = None, *, stderr_lines: int = 20, qmp_lines: int = 40,
+               limit: int = 8000) -> dict[str, Any]:
+        """The evidence as JSON-able data (bounded: tails only) for a failed or xfailed case."""
+        procs = []
+        for proc in self.processes:
+            err = proc.stderr_text(limit).rstrip().splitlines()[-stderr_lines:]
+            procs.append({"name": proc.name, "command": proc.command_line(),
+                          "status": proc.describe(), "stderr": "\n".join(err)})
+        qmp = []
+        for path in self.transcripts:
+            try:
+                lines = path.read_text(encoding="utf-8").splitlines()
+            except OSError:
+                continue
+            qmp.append({"name": path.name, "lines": len(lines),
+                        "tail": [_qmp_line(line) for line in lines[-qmp_lines:]]})
+        snapshots = []
+        for path in self.snapshot_files:
+            try:
+                text = path.read_text(encoding="utf-8")
+            except OSError:
+                continue
+            snapshots.append({"name": path.stem, "text": text if len(text) <= limit
+                              else text[:limit] + f"\n... ({len(text)} characters in {path.name})"})
+        out: dict[str, Any] = {"context": {k: v if isinstance(v, str) else json.dumps(v, default=str)
+                                           for k, v in self.context.items()},
+                               "findings": self.findings, "processes": procs, "qmp": qmp,
+                               "snapshots": snapshots}
+        if kept is not None:
+            out["kept"] = str(kept)
+        return out
+
     def keep(self, dest: Path) -> Path:
         """Copy the logs to *dest* (replacing an older copy)."""
         if dest.exists():
@@ -135,3 +179,14 @@ class TestEvidence:
                 if path.parent != self.log_dir and path.exists():
                     shutil.copyfile(path, dest / path.name)
         return dest
+
+
+def _qmp_line(line: str, limit: int = 600) -> str:
+    """One transcript entry as ``t dir message``."""
+    try:
+        entry = json.loads(line)
+        text = json.dumps(entry["msg"], separators=(",", ":"))
+        line = f"{entry['t']:9.4f} {entry['dir']} {text}"
+    except (ValueError, KeyError, TypeError):
+        pass
+    return line if len(line) <= limit else line[:limit] + "..."

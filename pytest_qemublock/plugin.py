@@ -148,15 +148,21 @@ def pytest_runtest_call(item: pytest.Item) -> Generator[None, object, object]:
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]
                               ) -> Generator[None, pytest.TestReport, pytest.TestReport]:
     rep = yield
+    xfailed = rep.skipped and hasattr(rep, "wasxfail")
     if rep.failed:
         item.stash[FAILED_KEY] = True
-        evidence = item.stash.get(EVIDENCE_KEY, None)
-        if evidence is not None:
-            evidence.take_snapshots()
-            session = item.config.stash[SESSION_KEY]
-            dest = session.settings.evidence_dir / safe_name(item.nodeid)
+    evidence = item.stash.get(EVIDENCE_KEY, None)
+    if evidence is not None and (rep.failed or xfailed):
+        evidence.take_snapshots()
+        session = item.config.stash[SESSION_KEY]
+        retention = session.settings.retention
+        kept = retention == "all" or (retention == "failed" and rep.failed)
+        dest = session.settings.evidence_dir / safe_name(item.nodeid)
+        # travels to the xdist controller with the report; reporting/ reads it
+        rep.qb_evidence = evidence.record(dest if kept else None)  # type: ignore[attr-defined]
+        if rep.failed:
             text = evidence.excerpt()
-            if session.settings.retention != "none":
+            if kept:
                 text += f"\nfull evidence: {dest}"
             rep.sections.append(("qemublock evidence", text))
     if call.when == "teardown":

@@ -20,6 +20,8 @@ APT_PACKAGES=(
     util-linux mount iproute2 procps python3-venv
     jq
     # jq: the plain-QEMU reproducers in docs/known-bugs/ parse QMP with it
+    chromium
+    # chromium: tests/test_html.py renders the --qb-html report headless and checks its DOM
 )
 
 want_qemu10=0

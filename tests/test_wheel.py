@@ -27,7 +27,8 @@ ROOT = Path(__file__).resolve().parent.parent
 NOT_SOURCE = (".git", ".venv", "build", "dist", "*.egg-info", "__pycache__", ".pytest_cache",
               "qemublock-evidence", "qemublock-results*.json")
 #: files the wheel must carry besides the modules
-PACKAGE_DATA = ("pytest_qemublock/storage/recipes.toml", "pytest_qemublock/py.typed")
+PACKAGE_DATA = ("pytest_qemublock/storage/recipes.toml", "pytest_qemublock/py.typed",
+                "pytest_qemublock/reporting/report.html")
 #: bounded waits for pip when the network is down (the environment may set a 180 s timeout)
 PIP_ENV = {"PIP_RETRIES": "1", "PIP_TIMEOUT": "20", "PIP_DISABLE_PIP_VERSION_CHECK": "1"}
 #: the suite cases run with the installed plugin: a handful of seconds

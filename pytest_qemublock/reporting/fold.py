@@ -23,6 +23,8 @@ MISSING = "-"
 OUTCOMES = ("passed", "failed", "error", "xpassed", "xfailed", "skipped")
 FAILING = ("failed", "error")
 PASSING = ("passed", "xpassed")
+#: the outcomes whose results-file entry carries the failure text and the evidence
+EXPLAINED = ("failed", "error", "xfailed")
 
 #: (build, scenario, backend) -> outcome counts
 Cells = dict[tuple[str, str, str], Counter[str]]
@@ -46,6 +48,9 @@ class CaseResult:
     procs: Counter[str] = field(default_factory=Counter)
     worker: str = "main"
     finished: bool = False
+    #: the whole failure (or xfail) text, and the evidence the plugin attached (``qb_evidence``)
+    details: str = ""
+    evidence: dict[str, Any] | None = None
 
     @property
     def duration(self) -> float:
@@ -85,7 +90,8 @@ class CaseResult:
                 self.teardown_error = True
                 if self.outcome not in FAILING:
                     self.outcome = "error"
-                    self.message = self.message or message_of(rep)
+                    if not self.message:
+                        self._explain(rep)
             if self.outcome is None:  # e.g. a crashed worker's item
                 self.outcome = outcome
             return
@@ -95,9 +101,14 @@ class CaseResult:
             return
         self.outcome = outcome
         if outcome not in PASSING:
-            self.message = message_of(rep)
+            self._explain(rep)
         if when == "???":  # xdist's report for an item whose worker crashed
             self.finished = True
+
+    def _explain(self, rep: pytest.TestReport) -> None:
+        self.message = message_of(rep)
+        self.details = details_of(rep)
+        self.evidence = getattr(rep, "qb_evidence", None) or self.evidence
 
     def to_json(self) -> dict[str, Any]:
         """The case's entry in the results file, without ``build`` and ``case``."""
@@ -114,6 +125,11 @@ class CaseResult:
         d["qemu_procs"] = self.qemu_procs
         d["procs"] = dict(sorted(self.procs.items()))
         d["worker"] = self.worker
+        if d["outcome"] in EXPLAINED:  # green cases stay small
+            if self.details and self.details != self.message:
+                d["details"] = self.details
+            if self.evidence:
+                d["evidence"] = self.evidence
         return d
 
 
@@ -148,6 +164,25 @@ def message_of(rep: pytest.TestReport, limit: int = 500) -> str:
             text = lines[-1] if lines else ""
     text = " ".join(text.split())
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def details_of(rep: pytest.TestReport, limit: int = 4000) -> str:
+    """The whole text of a failure, error or xfail (the exception's message, all its
+    lines; a skip's reason), bounded to *limit* characters, the end kept."""
+    longrepr = rep.longrepr
+    if isinstance(longrepr, tuple) and len(longrepr) == 3:
+        text = str(longrepr[2])
+    elif longrepr is None:
+        text = str(getattr(rep, "wasxfail", ""))
+    else:
+        crash = getattr(longrepr, "reprcrash", None)
+        text = str(getattr(crash, "message", "") or "") if crash is not None else ""
+        if not text:
+            text = str(longrepr)
+    text = text.strip()
+    if getattr(rep, "wasxfail", "") and text.partition(":")[0].endswith("XFailed"):
+        return ""  # pytest.xfail(reason): the message says it all
+    return text if len(text) <= limit else "..." + text[-(limit - 3):]
 
 
 def strip_build(nodeid: str, builds: Iterable[str]) -> str:

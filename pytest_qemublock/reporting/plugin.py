@@ -17,6 +17,7 @@ import pytest
 
 from ..host.process import STARTED
 from .fold import CaseResult, Cells, case_build, matrix_cells, strip_build
+from .html import write_html
 from .results import RunInfo, results_document, write_results
 from .summary import UNICODE_PROBE, build_differences, render_matrix
 
@@ -27,6 +28,10 @@ def addoption(group: Any) -> None:
                     help="write every case's outcome, coordinates (qb.* properties), duration "
                          "and the processes it started, plus the matrix counts and build "
                          "versions, as JSON to FILE (compare two with qemublock-diff)")
+    group.addoption("--qb-html", metavar="FILE", default=None,
+                    help="write a self-contained HTML page: the matrix as a colour map, the "
+                         "differences between builds and every failed, erroring or xfailed case "
+                         "with its expectation and evidence (from a results file: qemublock-html)")
     group.addoption("--qb-no-summary", action="store_true", default=False,
                     help="do not print the scenario x backend matrix at the end of the run")
 
@@ -41,9 +46,10 @@ class MatrixReport:
         self._resolved_builds = resolved_builds
         self.is_worker = hasattr(config, "workerinput")
         self.results_path: str | None = config.getoption("--qb-results", None)
+        self.html_path: str | None = config.getoption("--qb-html", None)
         self.show_summary = not config.getoption("--qb-no-summary", False)
-        #: processes are counted per case only for the results file
-        self.counting = bool(self.results_path)
+        #: processes are counted per case only for the results file (and the page made of it)
+        self.counting = bool(self.results_path or self.html_path)
         self.cases: dict[str, CaseResult] = {}
         self.collect_errors: list[str] = []
         self.session_procs: Counter[str] = Counter()
@@ -52,8 +58,8 @@ class MatrixReport:
         self.started = time.time()
         self.duration = 0.0
         self.exitstatus: int | None = None
-        self.written: Path | None = None
-        self.write_error: str | None = None
+        self.written: list[tuple[str, Path]] = []
+        self.write_errors: list[str] = []
 
     # -- lifecycle ---------------------------------------------------------------
     def pytest_sessionstart(self, session: pytest.Session) -> None:
@@ -117,13 +123,19 @@ class MatrixReport:
             out["qemublock_session_procs"] = dict(self.session_procs)
             return
         self._junit_properties()
-        if self.results_path:
-            path = self.config.invocation_params.dir / self.results_path
+        if not (self.results_path or self.html_path):
+            return
+        document = self.results()
+        for what, option, write in (("results", self.results_path, write_results),
+                                    ("report", self.html_path, write_html)):
+            if not option:
+                continue
+            path = self.config.invocation_params.dir / option
             try:
-                write_results(path, self.results())
-                self.written = path
+                write(path, document)
+                self.written.append((what, path))
             except OSError as e:
-                self.write_error = f"cannot write {path}: {e}"
+                self.write_errors.append(f"cannot write {path}: {e}")
 
     # -- helpers -------------------------------------------------------------------
     def build_order(self) -> list[str]:
@@ -197,10 +209,10 @@ class MatrixReport:
             if len(builds) > 1:
                 for text in self._build_differences(builds):
                     tr.write_line(text)
-        if self.written is not None:
-            tr.write_line(f"qemublock: results written to {self.written}")
-        if self.write_error:
-            tr.write_line(f"qemublock: {self.write_error}", red=True)
+        for what, path in self.written:
+            tr.write_line(f"qemublock: {what} written to {path}")
+        for error in self.write_errors:
+            tr.write_line(f"qemublock: {error}", red=True)
 
     def _ordered_builds(self) -> list[str]:
         present = {b for b, _, _ in self.matrix()}

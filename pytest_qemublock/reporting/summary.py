@@ -99,7 +99,35 @@ def _plan(cells: Mapping[tuple[str, str, str], Mapping[str, int]], builds: Seque
         if len(narrow.chunks) < len(plan.chunks):
             narrow.lone = plan.lone
             plan = narrow
+    if len(plan.chunks) > 1:
+        plan = _without_sparse(keyed, plan, builds, width, unicode) or plan
     return plan
+
+
+#: a column with cases in at most this many rows may become lines under the table
+_SPARSE = 3
+
+
+def _without_sparse(keyed: Keyed, plan: _Plan, builds: Sequence[str], width: int,
+                    unicode: bool) -> _Plan | None:
+    """One table, if moving a few sparse columns (cases in 2-3 rows; fewest rows, then cases first) into
+    lines under it makes one; else None. A second table of two mostly empty columns
+    says less than two short lines (the suites on one build: fallback and snapshot)."""
+    rows_of = {c: len({r for _, r, cc in keyed if cc == c}) for c in plan.cols}
+    cases = {c: sum(sum(n.values()) for (_, _, cc), n in keyed.items() if cc == c) for c in plan.cols}
+    sparse = sorted((c for c in plan.cols if rows_of[c] <= _SPARSE), key=lambda c: (rows_of[c], cases[c], c))
+    moved: list[str] = []
+    for c in sparse:
+        moved.append(c)
+        kept = [k for k in plan.cols if k not in moved]
+        if len(moved) * 2 > len(kept):  # the lines would outgrow the table
+            return None
+        for gap in (_GAP, 1):
+            candidate = _layout(keyed, kept, builds, width, unicode, gap, plan.row_axis, plan.col_axis)
+            if len(candidate.chunks) == 1:
+                candidate.lone = sorted(plan.lone + moved)
+                return candidate
+    return None
 
 
 def _layout(keyed: Keyed, cols: list[str], builds: Sequence[str], width: int, unicode: bool,
@@ -226,25 +254,37 @@ def render_matrix(cells: Mapping[tuple[str, str, str], Mapping[str, int]], build
                 line.append((" " * (plan.col_w[c] + gap - len(text)), {}))
             out.append(_rstrip(line))
     for c in plan.lone:
-        out.append(_lone_line(c, plan.row_axis, keyed, builds, width, unicode))
+        out += _lone_lines(c, plan.row_axis, keyed, builds, width, unicode)
     return title, out
 
 
-def _lone_line(col: str, row_axis: str, keyed: Keyed, builds: Sequence[str], width: int,
-               unicode: bool) -> list[Segment]:
-    """``smoke: only backend -: 2✓`` (with several builds: ``b72 2✓, b10 2✓``)."""
-    row = next(r for _, r, c in keyed if c == col)
-    line: list[Segment] = [(_fit(f"{col}: only {row_axis} {row}: ", max(1, width // 2), unicode), {})]
-    used = len(line[0][0])
-    for i, b in enumerate(bb for bb in builds if (bb, row, col) in keyed):
-        counts = keyed[(b, row, col)]
-        text = (", " if i else "") + (f"{b} " if len(builds) > 1 else "")
-        cell = cell_text(counts, unicode)
-        if used + len(text) + len(cell) > width:
-            break
-        line += [(text, {}), (cell, cell_style(counts))]
-        used += len(text) + len(cell)
-    return line
+def _lone_lines(col: str, row_axis: str, keyed: Keyed, builds: Sequence[str], width: int,
+                unicode: bool) -> list[list[Segment]]:
+    """``smoke: only backend -: 2✓`` (with several builds: ``b72 2✓, b10 2✓``); a column of
+    a few rows: ``snapshot: only backends file-rw: 4✓; file-erofs: 4✓``, wrapped."""
+    rows = sorted({r for _, r, c in keyed if c == col})
+    axis = row_axis if len(rows) == 1 else f"{row_axis}s"
+    lines: list[list[Segment]] = [[(_fit(f"{col}: only {axis} ", max(1, width // 2), unicode), {})]]
+    used = len(lines[0][0][0])
+    for ri, row in enumerate(rows):
+        part: list[Segment] = [(("; " if ri else "") + f"{row}: ", {})]
+        for i, b in enumerate(bb for bb in builds if (bb, row, col) in keyed):
+            counts = keyed[(b, row, col)]
+            part += [((", " if i else "") + (f"{b} " if len(builds) > 1 else ""), {}),
+                     (cell_text(counts, unicode), cell_style(counts))]
+        size = sum(len(t) for t, _ in part)
+        if ri and used + size > width:  # wrap before this row, indented
+            lines.append([("  ", {})])
+            part[0] = (part[0][0].removeprefix("; "), part[0][1])
+            size -= 2
+            lines[-2].append((";", {}))
+            used = 2
+        if used + size > width:  # one row longer than the line: cut it
+            part = [(_fit("".join(t for t, _ in part), max(1, width - used), unicode), {})]
+            size = len(part[0][0])
+        lines[-1] += part
+        used += size
+    return lines
 
 
 def _rstrip(line: list[Segment]) -> list[Segment]:

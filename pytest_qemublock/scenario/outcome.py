@@ -206,6 +206,22 @@ def matches_prediction(exp: Expect, bug: KnownBug, got: Outcome) -> bool:
     return not mismatches(predicted(exp, bug), got)
 
 
+def _note(what: str, build: str, problems: list[str], exp: Expect, got: Outcome, *,
+          bug: KnownBug | None = None, verdict: str) -> None:
+    """Put the check into the running test's evidence, for the results file and HTML report."""
+    # The running test's crash watch holds its evidence; outside the plugin's fixtures
+    # (unit tests of the rules) there is none and nothing to record.
+    watch = crashes.current()
+    if watch is None:
+        return
+    fields = {"what": what, "build": build, "verdict": verdict, "problems": "; ".join(problems),
+              "expected": exp.describe(), "because": exp.because, "did": got.describe()}
+    if bug is not None:
+        fields.update(bug=bug.id, bug_reason=bug.reason, bug_cause=bug.cause,
+                      predicted=bug.deviation.describe())
+    watch.evidence.finding(**fields)
+
+
 def _message(what: str, build: str, context: str, problems: list[str], exp: Expect, got: Outcome) -> str:
     where = f"build {build}" + (f"; {context}" if context else "")
     return (f"{what} [{where}]: " + "; ".join(problems) + "\n"
@@ -222,6 +238,7 @@ def check(exp: Expect, got: Outcome, *, what: str, build: str, context: str = ""
     crashes.fail_now(f"at {what}")  # a dead QEMU says so, not "fd modes none"
     problems = mismatches(exp, got)
     if problems:
+        _note(what, build, problems, exp, got, verdict="failed")
         raise AssertionError(_message(what, build, context, problems, exp, got))
 
 
@@ -258,18 +275,22 @@ class CaseCheck:
             watch.fail_now(f"at {what}")  # a dead QEMU says so, not "fd modes none"
         if bug is None:
             if problems:
+                _note(what, self.build, problems, exp, got, verdict="failed")
                 text = _message(what, self.build, self.context, problems, exp, got)
                 if exp.bug is not None:
                     text += f"\n  (known bug {exp.bug.id} does not apply to this case or build)"
                 raise AssertionError(text)
             return False
         if not problems:
+            _note(what, self.build, [], exp, got, bug=bug, verdict="known bug not reproduced")
             self.not_reproduced.append((bug, what))
             return False
         if matches_prediction(exp, bug, got):
+            _note(what, self.build, problems, exp, got, bug=bug, verdict="known bug")
             if bug not in self.hit:
                 self.hit.append(bug)
             return True
+        _note(what, self.build, problems, exp, got, bug=bug, verdict="failed")
         raise AssertionError(_message(what, self.build, self.context, problems, exp, got)
                              + f"\n  known QEMU bug {bug.id} predicts instead: {bug.deviation.describe()}"
                                " - QEMU did neither")

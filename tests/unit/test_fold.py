@@ -71,3 +71,24 @@ def test_case_build_and_cells():
 ])
 def test_strip_build(nodeid, build, want):
     assert strip_build(nodeid, [build]) == want
+
+
+EVIDENCE = {"findings": [{"what": "open x", "expected": "succeeds"}], "processes": [], "qmp": []}
+
+
+def test_only_failing_and_xfailed_cases_carry_evidence():
+    passed = _fold(_rep("setup", "passed"), _rep("call", "passed"), _rep("teardown", "passed"))
+    failed = _rep("call", "failed", longrepr="E   AssertionError: open x\nE     expected: succeeds")
+    failed.qb_evidence = EVIDENCE
+    case = _fold(_rep("setup", "passed"), failed, _rep("teardown", "passed"))
+    xfailed = _rep("call", "skipped", wasxfail="known bug")
+    xfailed.qb_evidence = EVIDENCE
+    xcase = _fold(_rep("setup", "passed"), xfailed, _rep("teardown", "passed"))
+
+    skipped = _fold(_rep("setup", "skipped", longrepr=("t.py", 1, "Skipped: no qsd here")))
+    assert not {"details", "evidence"} & set(passed.to_json())
+    assert not {"details", "evidence"} & set(skipped.to_json())
+    assert case.to_json()["evidence"] == EVIDENCE
+    assert case.to_json()["details"] == "E   AssertionError: open x\nE     expected: succeeds"
+    assert xcase.to_json()["evidence"] == EVIDENCE
+    assert "details" not in xcase.to_json()  # the reason is the message already

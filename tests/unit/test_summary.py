@@ -81,3 +81,41 @@ def test_80_columns_one_table_and_a_line_for_a_column_of_one_row(builds):
     assert "smoke" not in header and header.split()[-1] == "reopen"
     want = "smoke: only backend -: " + ("v7.2 2✓, v10.0 2✓" if len(builds) > 1 else "2✓")
     assert text.splitlines()[-1] == want
+
+
+#: the suites' shape today (docs/coverage.toml): scenario -> the backends it runs on
+SUITES = {
+    "defaults": ["file-eacces", "file-erofs", "file-rw"],
+    "degrade": ["file-eacces", "file-erofs", "http-ro", "iscsi-ro", "nbd-nbdkit-unix-ro",
+                "nbd-qemu-export-unix-ro", "nbd-qemu-nbd-tcp-ro", "nbd-qemu-nbd-unix-ro", "nbd-qsd-tcp-ro",
+                "nbd-qsd-unix-ro", "ssh-ro"],
+    "dynamic": ["file-eacces", "file-erofs", "file-rw"],
+    "fallback": ["file-rw", "vvfat-dir"],
+    "hostdev": ["hostdev-ro"],
+    "inactive": ["file-rw"],
+    "jobs": ["file-eacces", "file-erofs", "file-rw"],
+    "open": [f"{k}-{s}" for k in ("http", "iscsi", "nbd-nbdkit-unix", "nbd-qemu-export-unix",
+                                  "nbd-qemu-nbd-tcp", "nbd-qemu-nbd-unix", "nbd-qsd-tcp",
+                                  "nbd-qsd-unix", "ssh")
+             for s in ("ro", "rw") if (k, s) != ("http", "rw")]
+            + ["file-eacces", "file-erofs", "file-rw"],
+    "reopen": ["-", "file-eacces", "file-erofs", "file-rw", "nbd-qemu-nbd-unix-ro", "nbd-qemu-nbd-unix-rw"],
+    "smoke": ["-"],
+    "snapshot": ["file-eacces", "file-erofs", "file-rw"],
+}
+
+
+@pytest.mark.parametrize("builds", [("v7.2",), ("v7.2", "v10.0")])
+def test_80_columns_whole_suites_one_table_and_lines_for_sparse_columns(builds):
+    counts = {"open": {"passed": 72, "xfailed": 1}, "dynamic": {"passed": 29, "xfailed": 2}}
+    cells = {(b, s, k): counts.get(s, {"passed": 16}) for b in builds for s, ks in SUITES.items() for k in ks}
+    cells[(builds[0], "open", "(all)-wide")] = {"passed": 1440, "xfailed": 4}  # the widest total cell
+    _, lines = render_matrix(cells, list(builds), {}, width=80)
+    text = render_text(lines)
+    assert all(len(line) <= 80 for line in text.splitlines()), text
+    assert "scenarios 1/" not in text, text  # one table, no near-empty second one
+    header = next(line for line in text.splitlines() if line.startswith("backend "))
+    under = [line for line in text.splitlines() if ": only backend" in line]
+    assert {line.split(":")[0] for line in under} >= {"hostdev", "inactive", "smoke", "fallback"}
+    assert "fallback: only backends file-rw: " in text
+    assert {"degrade", "dynamic", "jobs", "open", "reopen"} <= set(header.split()), header

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from .evidence import RETENTION
+from .qemu import arch as arch_mod
 from .qemu import build as build_mod
 from .qemu.build import BuildError, QemuBuild, resolve_default_build
 from .reporting import plugin as report
@@ -33,9 +34,17 @@ def addoption(parser: pytest.Parser) -> None:
                     help="a QEMU build tree or `dpkg -x` root to take missing binaries from "
                          "(sets QEMU_MODULE_DIR when it holds block modules)")
     parser.addini("qemu_build_dir", "default for --qemu-build-dir")
-    group.addoption("--qemu-build", metavar="[NAME=]DIR", action="append", default=[],
+    group.addoption("--qemu-build", metavar="[NAME=]DIR[:ARCH]", action="append", default=[],
                     help="test this build (repeatable); every case runs once per build and the "
-                         "test id starts with NAME (default: the directory's name)")
+                         "test id starts with NAME (default: the directory's name), plus -ARCH "
+                         "for a target other than x86_64; ARCH: which qemu-system-ARCH of DIR "
+                         f"to test ({', '.join(sorted(arch_mod.ARCHES))}; default: x86_64 if "
+                         "DIR has it, else the one it has)")
+    group.addoption("--qb-arch", metavar="ARCH", default=None,
+                    help="target of the default build: which qemu-system-ARCH to take from "
+                         "--qemu-build-dir or PATH (default: x86_64, or what --qemu-system "
+                         "is named; ini qb_arch)")
+    parser.addini("qb_arch", "default for --qb-arch")
     group.addoption("--qb-timeout-factor", type=float, default=None, metavar="F",
                     help="multiply every timeout (QMP, events, start-up, tools) by F > 0, e.g. "
                          "for ASan or valgrind builds (default 1, ini qb_timeout_factor)")
@@ -74,6 +83,7 @@ def wanted(config: pytest.Config) -> bool:
     """Whether this run uses the plugin from the start: a QEMU option or the ini flag."""
     opt = config.getoption
     return bool(config.getini("qemublock") or opt("--qemu-build") or opt("--qemu-build-dir")
+                or opt("--qb-arch")
                 or any(opt(s.option) for s in build_mod.BINARIES))
 
 
@@ -113,6 +123,13 @@ class Settings:
                 build_mod.split_build_spec(spec)
             except BuildError as e:
                 raise pytest.UsageError(f"qemublock: {e}") from None
+        arch = opt("--qb-arch") or config.getini("qb_arch")
+        try:
+            if arch:
+                arch_mod.get(arch)
+        except arch_mod.ArchError as e:
+            source = "--qb-arch" if opt("--qb-arch") else "ini qb_arch"
+            raise pytest.UsageError(f"qemublock: {source}: {e}") from None
 
         def default_build() -> QemuBuild:
             return resolve_default_build(

@@ -10,7 +10,6 @@ import pytest
 from . import config as config_mod
 from .evidence import safe_name
 from .host.journal import StateDirError
-from .qemu import build as build_mod
 from .qemu import crashes
 from .qemu.build import BuildError
 from .qemu.probing import ProbeError
@@ -118,9 +117,9 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    specs = metafunc.config.getoption("--qemu-build")
-    if "qemu_build" in metafunc.fixturenames and len(specs) > 1:
-        names = build_mod.build_names(specs)
+    session = metafunc.config.stash.get(SESSION_KEY, None)
+    names = session.build_ids() if session and "qemu_build" in metafunc.fixturenames else []
+    if names:
         metafunc.parametrize("qemu_build", names, indirect=True, ids=names, scope="function")
 
 

@@ -24,7 +24,8 @@ from .evidence import TestEvidence
 from .host import leftovers, procfs, sandbox
 from .host.journal import StateDir, default_state_dir, new_token, reap_stale
 from .host.process import ProcessRegistry
-from .qemu.build import BuildError, QemuBuild, resolve_builds
+from .qemu.arch import REFERENCE
+from .qemu.build import BuildError, QemuBuild, build_labels, resolve_builds
 from .qemu.capabilities import Capabilities, load_capabilities
 from .qemu.instance import Timeouts
 
@@ -165,6 +166,21 @@ class QemuBlockSession:
     def resolved_builds(self) -> list[QemuBuild]:
         """The builds resolved so far (none if resolution failed or never ran)."""
         return list(self._builds or [])
+
+    def build_ids(self) -> list[str]:
+        """The build names collection parametrizes ``qemu_build`` with: every build's if
+        there are several, a lone build's only if its arch is not x86_64 (so the ids of
+        x86_64 runs stay as they were)."""
+        if self.settings.build_specs:
+            labels = build_labels(self.settings.build_specs)
+        else:
+            try:
+                labels = [(b.name, b.arch) for b in self.builds]
+            except BuildError:
+                return []  # the qemu_build fixture reports it, in one line
+        if len(labels) > 1 or any(arch.name != REFERENCE for _, arch in labels):
+            return [name for name, _ in labels]
+        return []
 
     def build(self, name: str) -> QemuBuild:
         for b in self.builds:

@@ -16,6 +16,8 @@ cd "$(dirname "$0")/.."
 # systemd for systemd-socket-activate, which runs sshd -i on our own listener.
 APT_PACKAGES=(
     qemu-system-x86 qemu-utils qemu-block-extra
+    qemu-system-arm
+    # qemu-system-arm: qemu-system-aarch64, the second target the suites run on (.ci/run)
     nbdkit nginx-light openssh-server openssh-client openssh-sftp-server systemd tgt
     util-linux mount iproute2 procps python3-venv
     jq

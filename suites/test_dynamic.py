@@ -3,7 +3,8 @@
 A raw node ``fmt0`` over a file node ``f0`` with ``auto-read-only=on`` keeps
 ``ro=false`` and an O_RDONLY fd until a writer attaches to ``fmt0``: a
 writable NBD export (``block-export-add``, ``nbd-server-add``) or a
-read-write guest device (scsi-hd, virtio-blk-pci, ``-M pc``). The fd is
+read-write guest device (scsi-hd, virtio-blk-pci, on the arch's device
+machine: ``-M pc``, ``-M virt``; ``qemu/arch.py``). The fd is
 O_RDWR while one is there and O_RDONLY again after the last one has left
 (waited for: BLOCK_EXPORT_DELETED / DEVICE_DELETED). Each case is one
 sequence of steps; after every step, refused ones too, the suite checks the
@@ -146,7 +147,7 @@ def bench(case, qemu, targets, qemu_tools):
 @pytest.mark.parametrize("case", CASES)
 def test_dynamic(case, qemu_build, qemu_caps, qb_evidence, request):
     steps = SEQUENCES[case.variant]
-    reason = dynamic.missing(steps, qemu_caps)
+    reason = dynamic.missing(steps, qemu_caps, qemu_build.arch)
     if reason:
         pytest.skip(f"build {qemu_build.name}: {reason}")
     bench = request.getfixturevalue("bench")

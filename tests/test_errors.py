@@ -157,9 +157,9 @@ CASES: list[tuple[str, Setup | list[str], str]] = [
     ("build-dir-nonexistent", ["--qemu-build-dir=/nonexistent/build"],
      r"QEMU build directory '/nonexistent/build' does not exist"),
     ("build-dir-without-system", _no_system_in_dir,
-     r"QEMU build directory '{p}/partial' is unusable: no qemu-system-x86_64 \(looked at "
-     r"{p}/partial/qemu-system-x86_64, {p}/partial/storage-daemon/qemu-system-x86_64, "
-     r"{p}/partial/usr/bin/qemu-system-x86_64, {p}/partial/bin/qemu-system-x86_64\); "
+     r"QEMU build directory '{p}/partial' is unusable: no qemu-system-x86_64 or qemu-system-aarch64 "
+     r"\(looked at {p}/partial/qemu-system-\*, {p}/partial/storage-daemon/qemu-system-\*, "
+     r"{p}/partial/usr/bin/qemu-system-\*, {p}/partial/bin/qemu-system-\*\); "
      r"build QEMU there first or pass the right directory"),
     ("build-dir-is-a-file", _build_dir_file,
      r"QEMU build directory '{p}/a-file' is not a directory"),

@@ -38,6 +38,7 @@ import re
 from dataclasses import dataclass, field
 
 from ..backends.base import Target
+from ..qemu.arch import Arch
 from ..qemu.capabilities import Capabilities
 from ..scenario.known_bugs import STALE_FLAGS_LAST_WRITER, KnownBug
 from ..scenario.outcome import IMAGE, Expect
@@ -81,13 +82,14 @@ _DETACH = {EXPORT: "block-export-del", EXPORT_RO: "block-export-del", NBD_ADD: "
            SCSI_HD: "device_del", SCSI_CD: "device_del"}
 
 
-def missing(steps: list[Step], caps: Capabilities) -> str | None:
-    """Why this build cannot run *steps* (a skip reason), or None."""
+def missing(steps: list[Step], caps: Capabilities, arch: Arch) -> str | None:
+    """Why this build (of target *arch*) cannot run *steps* (a skip reason), or None."""
     if not dynamic(caps):
         return ("file-posix lacks the QAPI feature dynamic-auto-read-only (QEMU < 4.0): "
                 "auto-read-only=on is not dynamic there, nothing to test")
-    if "pc" not in caps.machines:
-        return "the build has no 'pc' machine (needed for virtio-scsi-pci / device_add)"
+    if arch.device_machine not in caps.machines:
+        return (f"the build has no {arch.device_machine!r} machine (needed for "
+                f"{arch.scsi_controller} / device_add)")
     need = {"nbd-server-start", "getfd", "blockdev-add"}
     for s in steps:
         if isinstance(s, Attach):

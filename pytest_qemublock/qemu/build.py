@@ -1,8 +1,10 @@
 """Finding and validating the QEMU build(s) under test.
 
-A build is a set of binaries (qemu-system-x86_64, qemu-img, qemu-io,
+A build is a set of binaries (qemu-system-ARCH, qemu-img, qemu-io,
 qemu-nbd, qemu-storage-daemon) plus the environment they need (e.g.
-``QEMU_MODULE_DIR`` for a build unpacked with ``dpkg -x``).
+``QEMU_MODULE_DIR`` for a build unpacked with ``dpkg -x``). Its target arch
+(:mod:`.arch`) is the ``qemu-system-*`` it has, or the one chosen: ``DIR:ARCH``
+for ``--qemu-build``, ``--qb-arch`` for the default build.
 
 Precedence for each binary of the default build, highest first: the CLI
 option, the iotests environment variable (``QEMU_PROG`` ...), the ini option,
@@ -20,6 +22,8 @@ from pathlib import Path
 
 from ..errors import QemuBlockError
 from ..host.process import ProcessError, run
+from . import arch as arch_mod
+from .arch import REFERENCE, Arch, ArchError
 
 
 class BuildError(QemuBlockError):
@@ -42,6 +46,7 @@ class BinarySpec:
 
 
 BINARIES: tuple[BinarySpec, ...] = (
+    # the x86_64 names; a build of another arch has its own (arch.py)
     BinarySpec("system", "qemu-system-x86_64", "--qemu-system", "QEMU_PROG", "qemu_system", True,
                "qemu-system-x86"),
     BinarySpec("img", "qemu-img", "--qemu-img", "QEMU_IMG_PROG", "qemu_img", True, "qemu-utils"),
@@ -82,6 +87,8 @@ class QemuBuild:
     missing: dict[str, str] = field(default_factory=dict)  # role -> why
     #: extra qemu-system arguments, e.g. ``-L`` for a relocated build's firmware
     system_args: tuple[str, ...] = ()
+    #: the target of its qemu-system binary (machine and device names of the device cases)
+    arch: Arch = arch_mod.ARCHES[REFERENCE]
 
     @property
     def version(self) -> tuple[int, int, int]:
@@ -99,18 +106,20 @@ class QemuBuild:
         try:
             return self.binaries[role].path
         except KeyError:
-            raise BuildError(f"build {self.name!r} has no {SPEC_BY_ROLE[role].filename}: "
+            raise BuildError(f"build {self.name!r} has no {_filename(role, self.arch)}: "
                              f"{self.missing.get(role, 'not found')}") from None
 
     def describe(self) -> list[str]:
         lines = [f"qemu build {self.name!r}: QEMU {self.version_str}"
-                 + (f" ({' '.join(f'{k}={v}' for k, v in self.env.items())})" if self.env else "")]
+                 + (f" ({' '.join(f'{k}={v}' for k, v in self.env.items())})" if self.env else ""),
+                 f"  {'arch':<21} {self.arch.name} (device cases on -M {self.arch.device_machine})"]
         for spec in BINARIES:
             b = self.binaries.get(spec.role)
+            filename = _filename(spec.role, self.arch)
             if b is not None:
-                lines.append(f"  {spec.filename:<21} {b.path}  [{b.source}]")
+                lines.append(f"  {filename:<21} {b.path}  [{b.source}]")
             else:
-                lines.append(f"  {spec.filename:<21} missing: {self.missing.get(spec.role)}")
+                lines.append(f"  {filename:<21} missing: {self.missing.get(spec.role)}")
         return lines
 
 
@@ -124,43 +133,65 @@ def resolve_default_build(
     name: str = "default",
     environ: dict[str, str] | None = None,
 ) -> QemuBuild:
-    """Resolve the default build by the documented precedence chain."""
+    """Resolve the default build by the documented precedence chain.
+
+    Its arch: ``--qb-arch`` (ini ``qb_arch``), else the name of a qemu-system
+    given explicitly, else the one ``--qemu-build-dir`` holds, else x86_64.
+    """
     environ = dict(os.environ if environ is None else environ)
     root = _check_build_dir(build_dir) if build_dir else None
+    chosen = _chosen_arch(get_option("--qb-arch") or get_ini("qb_arch"))
     candidates: dict[str, tuple[Path, str]] = {}
     missing: dict[str, str] = {}
+    arch = chosen or (_dir_arch(root, f"--qemu-build-dir {build_dir}") if root
+                      else arch_mod.ARCHES[REFERENCE])
     for spec in BINARIES:
         found = _first(
             (get_option(spec.option), f"option {spec.option}", True),
             (environ.get(spec.env), f"${spec.env}", True),
             (get_ini(spec.ini), f"ini {spec.ini}", True),
         )
+        if spec.role == "system" and found is not None:
+            arch = _explicit_arch(found, chosen) or arch
+        filename = _filename(spec.role, arch)
         if found is None and root is not None:
-            p = _find_in_dir(root, spec.filename)
+            p = _find_in_dir(root, filename)
             if p is not None:
                 found = (p, f"--qemu-build-dir {root}")
         if found is None:
-            w = shutil.which(spec.filename)
+            w = shutil.which(filename)
             if w:
                 found = (Path(w), "PATH")
         if found is None:
-            missing[spec.role] = (f"not found on PATH (install Debian package {spec.debian_package}, "
+            package = arch.debian_package if spec.role == "system" else spec.debian_package
+            missing[spec.role] = (f"not found on PATH (install Debian package {package}, "
                                   f"or pass {spec.option} / set {spec.env})")
             continue
         candidates[spec.role] = found
     env = _module_env(root) if root is not None else {}
-    return _validate(name, candidates, missing, env, _data_args(root) if root is not None else ())
+    name = arch.name if name == "default" and arch.name != REFERENCE else arch_mod.label(name, arch)
+    return _validate(name, arch, candidates, missing, env,
+                     _data_args(root) if root is not None else ())
 
 
-def split_build_spec(spec: str) -> tuple[str, str]:
-    """``NAME=DIR`` or ``DIR`` -> (name, directory), without touching the file system.
+def split_build_spec(spec: str) -> tuple[str, str, str | None]:
+    """``[NAME=]DIR[:ARCH]`` -> (name, directory, arch or None), without touching the file system.
 
-    Raises :class:`BuildError` for an empty or unusable name (``/`` has none)
-    or an empty directory (``NAME=``).
+    Raises :class:`BuildError` for an empty or unusable name (``/`` has none),
+    an empty directory (``NAME=``) or an unknown arch.
     """
     name, sep, directory = spec.partition("=")
     if not sep:
-        directory, name = spec, Path(spec.rstrip("/")).name
+        directory, name = spec, ""
+    arch: str | None = None
+    if ":" in directory:
+        directory, _, arch = directory.rpartition(":")
+        try:
+            arch_mod.get(arch)
+        except ArchError as e:
+            raise BuildError(f"--qemu-build {spec!r}: {e}") from None
+    if not sep:
+        name = Path(directory.rstrip("/")).name
     if not directory:
         raise BuildError(f"--qemu-build {spec!r}: no directory after {name + '='!r}")
     if not name:
@@ -169,30 +200,82 @@ def split_build_spec(spec: str) -> tuple[str, str]:
     if not re.fullmatch(r"[A-Za-z0-9._+-]+", name):
         raise BuildError(f"--qemu-build {spec!r}: the build name {name!r} "
                          "may only use letters, digits and ._+-")
-    return name, directory
+    return name, directory, arch
 
 
 def resolve_named_build(spec: str) -> QemuBuild:
-    """Resolve ``NAME=DIR`` or ``DIR`` (a build tree or a ``dpkg -x`` root)."""
-    name, directory = split_build_spec(spec)
+    """Resolve ``[NAME=]DIR[:ARCH]`` (a build tree or a ``dpkg -x`` root)."""
+    name, directory, arch_name = split_build_spec(spec)
     root = _check_build_dir(directory)
+    arch = arch_mod.get(arch_name) if arch_name else _dir_arch(root, f"--qemu-build {spec}")
+    name = arch_mod.label(name, arch)
     candidates: dict[str, tuple[Path, str]] = {}
     missing: dict[str, str] = {}
     for b in BINARIES:
-        p = _find_in_dir(root, b.filename)
+        p = _find_in_dir(root, _filename(b.role, arch))
         if p is None:
             missing[b.role] = f"not in {root}"
         else:
             candidates[b.role] = (p, f"--qemu-build {name}")
-    return _validate(name, candidates, missing, _module_env(root), _data_args(root))
+    return _validate(name, arch, candidates, missing, _module_env(root), _data_args(root))
+
+
+def build_labels(build_specs: Sequence[str]) -> list[tuple[str, Arch]]:
+    """The name (as test ids show it) and arch of each ``--qemu-build`` spec.
+
+    Collection needs them on every xdist worker, identically: they depend on the
+    spec and on which qemu-system-* files its directory holds, nothing run.
+    """
+    out = []
+    for spec in build_specs:
+        name, directory, arch_name = split_build_spec(spec)
+        try:
+            arch = arch_mod.get(arch_name) if arch_name else _dir_arch(Path(directory), spec)
+        except BuildError:
+            arch = arch_mod.ARCHES[REFERENCE]  # resolution reports the unusable directory
+        out.append((arch_mod.label(name, arch), arch))
+    return out
 
 
 def build_names(build_specs: Sequence[str]) -> list[str]:
-    """The names of ``--qemu-build`` specs, without touching the file system.
+    """The names of ``--qemu-build`` specs, as test ids show them (:func:`build_labels`)."""
+    return [name for name, _ in build_labels(build_specs)]
 
-    Collection (test ids) needs them on every xdist worker, identically.
+
+def _filename(role: str, arch: Arch) -> str:
+    return arch.system_binary if role == "system" else SPEC_BY_ROLE[role].filename
+
+
+def _chosen_arch(value: str | None) -> Arch | None:
+    try:
+        return arch_mod.get(value) if value else None
+    except ArchError as e:
+        raise BuildError(f"--qb-arch: {e}") from None
+
+
+def _explicit_arch(found: tuple[Path, str], chosen: Arch | None) -> Arch | None:
+    """The arch a qemu-system given by path says by its name; a clash with --qb-arch is an error.
+
+    A name that says nothing (a wrapper script) keeps the chosen arch, or x86_64;
+    the probe checks it against QMP query-target.
     """
-    return [split_build_spec(spec)[0] for spec in build_specs]
+    path, source = found
+    named = arch_mod.from_filename(path.name)
+    if named is not None and chosen is not None and named != chosen:
+        raise BuildError(f"{path.name} from {source} is an {named.name} QEMU, "
+                         f"but --qb-arch says {chosen.name}")
+    return named
+
+
+def _dir_arch(root: Path, where: str) -> Arch:
+    """The arch of the qemu-system-* *root* holds: x86_64 if it has it, else its only one."""
+    present = [a for a in arch_mod.ARCHES.values() if _find_in_dir(root, a.system_binary)]
+    if not present:
+        raise BuildError(f"{where}: no qemu-system-ARCH for an arch in {', '.join(sorted(arch_mod.ARCHES))}")
+    if any(a.name == REFERENCE for a in present) or len(present) == 1:
+        return next((a for a in present if a.name == REFERENCE), present[0])
+    names = ", ".join(a.system_binary for a in present)
+    raise BuildError(f"{where}: holds {names}; choose one with DIR:ARCH (--qemu-build) or --qb-arch")
 
 
 def _data_args(root: Path) -> tuple[str, ...]:
@@ -214,9 +297,10 @@ def _check_build_dir(directory: str) -> Path:
         raise BuildError(f"QEMU build directory {directory!r} does not exist")
     if not root.is_dir():
         raise BuildError(f"QEMU build directory {directory!r} is not a directory")
-    if _find_in_dir(root, "qemu-system-x86_64") is None:
-        looked = ", ".join(str(root / d / "qemu-system-x86_64") for d in _BUILD_SUBDIRS)
-        raise BuildError(f"QEMU build directory {directory!r} is unusable: no qemu-system-x86_64 "
+    systems = [a.system_binary for a in arch_mod.ARCHES.values()]
+    if not any(_find_in_dir(root, f) for f in systems):
+        looked = ", ".join(str(root / d / "qemu-system-*") for d in _BUILD_SUBDIRS)
+        raise BuildError(f"QEMU build directory {directory!r} is unusable: no {' or '.join(systems)} "
                          f"(looked at {looked}); build QEMU there first or pass the right directory")
     return root.resolve()
 
@@ -239,16 +323,15 @@ def _module_env(root: Path) -> dict[str, str]:
     return {}
 
 
-def _validate(name: str, candidates: dict[str, tuple[Path, str]], missing: dict[str, str],
+def _validate(name: str, arch: Arch, candidates: dict[str, tuple[Path, str]], missing: dict[str, str],
               env: dict[str, str], system_args: tuple[str, ...] = ()) -> QemuBuild:
     binaries: dict[str, Binary] = {}
     for role, (path, source) in candidates.items():
-        spec = SPEC_BY_ROLE[role]
-        binaries[role] = _check_binary(spec, path, source, env)
+        binaries[role] = _check_binary(_filename(role, arch), role, path, source, env)
     for spec in BINARIES:
         if spec.required and spec.role not in binaries:
-            raise BuildError(f"{spec.filename} {missing[spec.role]}")
-    build = QemuBuild(name, binaries, env, missing, system_args)
+            raise BuildError(f"{_filename(spec.role, arch)} {missing[spec.role]}")
+    build = QemuBuild(name, binaries, env, missing, system_args, arch)
     if build.version < MIN_VERSION:
         raise BuildError(
             f"{binaries['system'].path} is QEMU {build.version_str}: too old, auto-read-only "
@@ -256,8 +339,8 @@ def _validate(name: str, candidates: dict[str, tuple[Path, str]], missing: dict[
     return build
 
 
-def _check_binary(spec: BinarySpec, path: Path, source: str, env: dict[str, str]) -> Binary:
-    where = f"{spec.filename} from {source}"
+def _check_binary(filename: str, role: str, path: Path, source: str, env: dict[str, str]) -> Binary:
+    where = f"{filename} from {source}"
     if not path.exists():
         raise BuildError(f"{where}: {path} does not exist")
     if path.is_dir():
@@ -276,7 +359,7 @@ def _check_binary(spec: BinarySpec, path: Path, source: str, env: dict[str, str]
         raise BuildError(f"{where}: {path} is not a QEMU binary (`{path.name} --version` "
                          f"printed {shown!r}, exit {res.returncode})")
     version = (int(m.group(1)), int(m.group(2)), int(m.group(3)))
-    return Binary(spec.role, path, source, version, first)
+    return Binary(role, path, source, version, first)
 
 
 def resolve_builds(build_specs: Sequence[str], default: Callable[[], QemuBuild]) -> list[QemuBuild]:

@@ -94,6 +94,7 @@ def _fingerprint(build: QemuBuild) -> str:
         st = b.path.stat()
         h.update(f"{role}:{b.path.resolve()}:{st.st_size}:{st.st_mtime_ns}\n".encode())
     h.update(json.dumps(build.env, sort_keys=True).encode())
+    h.update(build.arch.name.encode())  # a probe checks the arch a build is taken as
     return h.hexdigest()[:20]
 
 

@@ -30,7 +30,7 @@ class QemuFactory:
 
     def start(self, *args: str, machine: str = "none", wrapper: Wrapper = Wrapper(),
               name: str = "qemu") -> QemuInstance:
-        """Start qemu-system-x86_64 with *args* (``-blockdev ...``); QMP is ready on return."""
+        """Start the build's qemu-system with *args* (``-blockdev ...``); QMP is ready on return."""
         return self._start("system", args, machine, wrapper, name)
 
     def start_qsd(self, *args: str, wrapper: Wrapper = Wrapper(), name: str = "qsd") -> QemuInstance:

@@ -54,6 +54,8 @@ def probe_build(build: QemuBuild, registry: ProcessRegistry, workdir: Path,
     try:
         step = "query-version"
         version = vm.execute("query-version")
+        step = "query-target"
+        target = vm.execute("query-target")["arch"]
         step = "query-qmp-schema"
         schema = vm.execute("query-qmp-schema")
         driver_errors: dict[str, str | None] = {}
@@ -77,6 +79,11 @@ def probe_build(build: QemuBuild, registry: ProcessRegistry, workdir: Path,
         raise ProbeError(_probe_failed(build, f"QMP {step}", status, stderr)) from None
     _quiet_shutdown(vm)
     shutil.rmtree(workdir / build.name, ignore_errors=True)
+    if target != build.arch.name:
+        # a qemu-system whose name does not say its arch (a wrapper) was taken as x86_64
+        raise ProbeError(f"build {build.name}: {system} is a QEMU for {target} (QMP query-target), "
+                         f"not {build.arch.name}: choose the arch with --qb-arch {target} "
+                         f"or --qemu-build DIR:{target}")
     q = version["qemu"]
     return Capabilities(
         version=[q["major"], q["minor"], q["micro"]],

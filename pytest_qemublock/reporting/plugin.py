@@ -148,7 +148,7 @@ class MatrixReport:
         out = {}
         for b in self._resolved_builds():
             try:
-                out[b.name] = {"version": b.version_str,
+                out[b.name] = {"version": b.version_str, "arch": b.arch.name,
                                "qemu_system": str(b.binaries["system"].path),
                                "version_line": b.binaries["system"].version_line}
             except Exception:  # noqa: BLE001 - a report must not fail the run

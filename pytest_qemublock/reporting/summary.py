@@ -172,6 +172,15 @@ def _layout(keyed: Keyed, cols: list[str], builds: Sequence[str], width: int, un
     return _Plan(row_axis, col_axis, rows, cols, row_w, build_w, col_w, chunks, gap)
 
 
+def _describe_build(name: str, info: Mapping[str, Any]) -> str:
+    """``v7.2 = QEMU 7.2.22``; the arch too where it is not x86_64 (results files of
+    runs before arches were recorded have none)."""
+    if not info.get("version"):
+        return name
+    arch = info.get("arch") or "x86_64"
+    return f"{name} = QEMU {info['version']}" + (f" for {arch}" if arch != "x86_64" else "")
+
+
 def render_matrix(cells: Mapping[tuple[str, str, str], Mapping[str, int]], builds: Sequence[str],
                   build_info: Mapping[str, Mapping[str, Any]] | None = None, width: int = 100,
                   unicode: bool = True, orientation: str = "auto"
@@ -211,8 +220,7 @@ def render_matrix(cells: Mapping[tuple[str, str, str], Mapping[str, int]], build
     legend = "legend: " + "  ".join(f"{sym[o]} {o}" for o in OUTCOMES) + f"  {empty} none"
     out.append([(_fit(legend, width, unicode), {})])
     if builds and list(builds) != [MISSING]:
-        desc = ", ".join(f"{b} = QEMU {build_info[b]['version']}" if b in build_info
-                         and build_info[b].get("version") else b for b in builds)
+        desc = ", ".join(_describe_build(b, build_info.get(b, {})) for b in builds)
         out.append([(_fit(("builds: " if multi else "build: ") + desc, width, unicode), {})])
 
     gap = plan.gap

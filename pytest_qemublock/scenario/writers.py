@@ -1,7 +1,8 @@
 """Users of a node that come and go: NBD exports and SCSI/virtio devices.
 
-A :class:`WriterBench` is one QEMU (``-M pc``, a virtio-scsi-pci bus, an NBD
-server) holding the node pair the dynamic scenario is about::
+A :class:`WriterBench` is one QEMU (the arch's device machine, ``-M pc`` or
+``-M virt``, a virtio-scsi-pci bus, an NBD server; :mod:`..qemu.arch`) holding
+the node pair the dynamic scenario is about::
 
     fmt0 (raw or qcow2)  ->  f0 (file, auto-read-only=on, on the target's storage)
 
@@ -73,9 +74,10 @@ class WriterBench:
         self.f0 = target.node(FILE_NODE, **{"auto-read-only": True})
         self.fmt = fmt
         self.fmt0 = {"driver": fmt, "node-name": FMT_NODE, "file": FILE_NODE}
+        self.arch = qemu.build.arch
         self.vm: QemuInstance = qemu.start(
             "-blockdev", json.dumps(self.f0), "-blockdev", json.dumps(self.fmt0),
-            "-device", "virtio-scsi-pci,id=scsi0", machine="pc", wrapper=target.wrapper)
+            *self.arch.device_args(), machine=self.arch.device_machine, wrapper=target.wrapper)
         self.listener = Listener("unix", sockdir, "dyn")
         try:
             self.vm.qmp.pass_fd(self.listener.fd, "nbdlisten")
@@ -126,10 +128,12 @@ class WriterBench:
                                                            "writable": True})
         else:
             args: dict[str, Any] = {"driver": {SCSI_HD: "scsi-hd", SCSI_CD: "scsi-cd",
-                                               VIRTIO_BLK: "virtio-blk-pci"}[user.kind],
+                                               VIRTIO_BLK: self.arch.virtio_blk}[user.kind],
                                     "id": user.id, "drive": FMT_NODE}
             if user.kind != VIRTIO_BLK:
                 args["bus"] = "scsi0.0"
+            elif self.arch.hotplug_bus:
+                args["bus"] = self.arch.hotplug_bus
             if user.share_rw:
                 args["share-rw"] = True
             err = self.vm.execute_error("device_add", args)
@@ -143,7 +147,8 @@ class WriterBench:
         if user is None:
             raise ValueError(f"detach {id}: not attached (attached: {sorted(self.attached)})")
         if user.kind == VIRTIO_BLK:
-            raise ValueError("virtio-blk-pci unplug needs a guest: DEVICE_DELETED never comes under -S")
+            raise ValueError(f"{self.arch.virtio_blk} unplug needs a guest: DEVICE_DELETED never comes "
+                             "under -S")
         timeout = self.vm.timeouts.event
         if user.is_device:
             err = self.vm.execute_error("device_del", {"id": id})

@@ -6,7 +6,6 @@ build versions); the controller, which receives every report, does the rest.
 """
 from __future__ import annotations
 
-import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -16,9 +15,9 @@ from typing import Any
 import pytest
 
 from ..host.process import STARTED
-from .fold import CaseResult, Cells, case_build, matrix_cells, strip_build
+from .fold import CaseResult, Cells, case_build, matrix_cells
 from .results import RunInfo, results_document, write_results
-from .summary import UNICODE_PROBE, build_differences, render_matrix
+from .summarize import can_encode, summarize
 
 
 def addoption(group: Any) -> None:
@@ -54,6 +53,8 @@ class MatrixReport:
         self.exitstatus: int | None = None
         self.written: Path | None = None
         self.write_error: str | None = None
+        #: this run's part of a sharded run (set at collection, by the workers under xdist)
+        self.shard: dict[str, Any] | None = None
 
     # -- lifecycle ---------------------------------------------------------------
     def pytest_sessionstart(self, session: pytest.Session) -> None:
@@ -90,6 +91,8 @@ class MatrixReport:
         for name, info in (out.get("qemublock_builds") or {}).items():
             self.builds.setdefault(name, info)
         self.session_procs.update(out.get("qemublock_session_procs") or {})
+        if out.get("qemublock_shard") and self.shard is None:
+            self.shard = out["qemublock_shard"]  # every worker cut the same collection
 
     def pytest_collectreport(self, report: pytest.CollectReport) -> None:
         if report.failed:
@@ -115,6 +118,7 @@ class MatrixReport:
             out = self.config.workeroutput  # type: ignore[attr-defined]
             out["qemublock_builds"] = self.builds
             out["qemublock_session_procs"] = dict(self.session_procs)
+            out["qemublock_shard"] = self.shard
             return
         self._junit_properties()
         if self.results_path:
@@ -172,7 +176,7 @@ class MatrixReport:
                       args=[str(a) for a in self.config.invocation_params.args],
                       workers=self.workers, build_order=self.build_order(), builds=self.builds,
                       session_procs=self.session_procs, counted=self.counting,
-                      collect_errors=self.collect_errors)
+                      collect_errors=self.collect_errors, shard=self.shard)
         case_builds = {nodeid: self.case_build(case) for nodeid, case in self.cases.items()}
         return results_document(self.cases, case_builds, self.matrix(), run)
 
@@ -185,44 +189,12 @@ class MatrixReport:
         tr = terminalreporter
         if self.show_summary and self.qb_cases():
             tw = config.get_terminal_writer()
-            builds = self._ordered_builds()
-            title, lines = render_matrix(self.matrix(), builds, self.builds,
-                                         width=max(60, tw.fullwidth),
-                                         unicode=_can_encode(tw, UNICODE_PROBE))
-            tr.write_sep("-", title)
-            for line in lines:
-                for text, style in line:
-                    tr.write(text, **style)
-                tr.write("\n")
-            if len(builds) > 1:
-                for text in self._build_differences(builds):
-                    tr.write_line(text)
+            summary = summarize(self.results(), self.results_path, max(60, tw.fullwidth),
+                                can_encode(tw))
+            if summary is not None:
+                tr.ensure_newline()
+                summary.write(tw)
         if self.written is not None:
             tr.write_line(f"qemublock: results written to {self.written}")
         if self.write_error:
             tr.write_line(f"qemublock: {self.write_error}", red=True)
-
-    def _ordered_builds(self) -> list[str]:
-        present = {b for b, _, _ in self.matrix()}
-        order = [b for b in self.build_order() if b in present]
-        return order + sorted(present - set(order))
-
-    def _build_differences(self, builds: list[str]) -> list[str]:
-        by_case: dict[str, dict[str, str]] = {}
-        for c in self.qb_cases():
-            b = self.case_build(c)
-            by_case.setdefault(strip_build(c.nodeid, [b]), {})[b] = c.outcome or "error"
-        return build_differences(by_case, builds, self.results_path)
-
-
-def _can_encode(tw: Any, text: str) -> bool:
-    # TerminalWriter has no public encoding; its private _file is the stream it
-    # writes to (the real stdout, not a capture), so ask that one.
-    f = getattr(tw, "_file", None) or sys.stdout
-    encoding = getattr(f, "encoding", None) or "ascii"
-    try:
-        text.encode(encoding)
-        return True
-    except (UnicodeEncodeError, LookupError):
-        return False
-

@@ -20,6 +20,16 @@ from .results import RunInfo, results_document, write_results
 from .summarize import can_encode, summarize
 
 
+def shard_line(info: dict[str, Any]) -> str:
+    """What this shard of a sharded run (``--qb-shard``) took."""
+    line = (f"qemublock: shard {info['index']}/{info['total']}: {info['selected']} of "
+            f"{info['cases']} cases, balanced by {info['balanced_by']}")
+    if not info["selected"] and info["cases"]:
+        line += (f"; nothing to run: {info['groups']} sharing groups (module x build x backend) "
+                 f"for {info['total']} shards")
+    return line
+
+
 def addoption(group: Any) -> None:
     """Register the report options on the plugin's option group."""
     group.addoption("--qb-results", metavar="FILE", default=None,
@@ -109,7 +119,7 @@ class MatrixReport:
     @pytest.hookimpl(tryfirst=True)
     def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
         self.duration = time.time() - self.started
-        self.exitstatus = int(exitstatus)
+        self.exitstatus = int(session.exitstatus)  # as corrected by hook wrappers (an empty shard)
         if self.counting:
             self.session_procs.update(STARTED.take())
         for name, info in self._local_builds().items():
@@ -194,6 +204,8 @@ class MatrixReport:
             if summary is not None:
                 tr.ensure_newline()
                 summary.write(tw)
+        if self.shard is not None:
+            tr.write_line(shard_line(self.shard))
         if self.written is not None:
             tr.write_line(f"qemublock: results written to {self.written}")
         if self.write_error:

@@ -148,3 +148,19 @@ def test_durations_file_round_trip_and_refusals(tmp_path) -> None:  # type: igno
         (tmp_path / name).write_text(text)
         with pytest.raises(ResultsError, match=error):
             load_durations(str(tmp_path / name))
+
+
+def test_durations_command_writes_what_the_option_reads(tmp_path, capsys) -> None:  # type: ignore[no-untyped-def]
+    from pytest_qemublock.reporting.durations import durations_main
+
+    (tmp_path / "r.json").write_text(json.dumps(_results({"s.py::t[b72-x]": (1.25, "b72"),
+                                                          "s.py::t[b10-x]": (0.75, "b10")},
+                                                         ["b72", "b10"])))
+    assert durations_main([str(tmp_path / "r.json")]) == 0
+    (tmp_path / "d.json").write_text(capsys.readouterr().out)
+    d = load_durations(str(tmp_path / "d.json"))
+    assert d.by_id == {"s.py::t[b72-x]": 1.25, "s.py::t[b10-x]": 0.75}
+    assert d.by_case == {"s.py::t[x]": 1.0}
+    assert durations_main([str(tmp_path / "missing.json")]) == 2
+    assert capsys.readouterr().err == (f"qemublock-durations: error: cannot read "
+                                       f"{tmp_path / 'missing.json'}: No such file or directory\n")

@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from ..host.process import STARTED
+from ..scenario.shards import empty_by_design
 from .fold import CaseResult, Cells, case_build, matrix_cells
 from .results import RunInfo, results_document, write_results
 from .summarize import can_encode, summarize
@@ -24,7 +25,7 @@ def shard_line(info: dict[str, Any]) -> str:
     """What this shard of a sharded run (``--qb-shard``) took."""
     line = (f"qemublock: shard {info['index']}/{info['total']}: {info['selected']} of "
             f"{info['cases']} cases, balanced by {info['balanced_by']}")
-    if not info["selected"] and info["cases"]:
+    if empty_by_design(info):
         line += (f"; nothing to run: {info['groups']} sharing groups (module x build x backend) "
                  f"for {info['total']} shards")
     return line

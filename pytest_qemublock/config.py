@@ -20,6 +20,9 @@ from .qemu import arch as arch_mod
 from .qemu import build as build_mod
 from .qemu.build import BuildError, QemuBuild, resolve_default_build
 from .reporting import plugin as report
+from .reporting.durations import load_durations
+from .reporting.results import ResultsError
+from .scenario.shards import Estimate, ShardSpec, ShardSpecError
 
 
 def addoption(parser: pytest.Parser) -> None:
@@ -74,9 +77,58 @@ def addoption(parser: pytest.Parser) -> None:
                     help="run only these image formats (raw, qcow2, chain, proto)")
     group.addoption("--interface", action="append", metavar="IFACE[,IFACE]",
                     help="run only these interfaces (blockdev, drive, qmp, qsd)")
+    group.addoption("--qb-shard", metavar="K/N", default=None,
+                    help="run only shard K of N (1 <= K <= N): every runner cuts the same "
+                         "collection the same way, never splitting a module's cases of one "
+                         "build and backend; merge the shards' --qb-results with qemublock-merge")
+    group.addoption("--qb-shard-durations", metavar="FILE", default=None,
+                    help="balance the shards by the case durations in FILE (a --qb-results file "
+                         "or qemublock-durations' output; default: ini qb_shard_durations, else "
+                         "by case count)")
+    parser.addini("qb_shard_durations", "default for --qb-shard-durations (relative to the ini file)")
     report.addoption(group)
     parser.addini("qemublock", "validate the QEMU build(s) at start-up (true in projects "
                                "whose tests need QEMU)", type="bool", default=False)
+
+
+#: the parsed ``--qb-shard`` of this run, when given
+SHARD_KEY = pytest.StashKey["ShardPlan"]()
+
+
+@dataclass(frozen=True)
+class ShardPlan:
+    """``--qb-shard`` and what balances it."""
+
+    spec: ShardSpec
+    estimate: Estimate | None
+    balanced_by: str
+
+
+def shard_plan(config: pytest.Config) -> ShardPlan | None:
+    """The run's ``--qb-shard``, with the durations it is balanced by; one line, exit 4, for a
+    malformed K/N or an unreadable durations file."""
+    text = config.getoption("--qb-shard")
+    option = config.getoption("--qb-shard-durations")
+    if text is None:
+        if option:
+            raise pytest.UsageError("qemublock: --qb-shard-durations needs --qb-shard K/N")
+        return None
+    try:
+        spec = ShardSpec.parse(text)
+    except ShardSpecError as e:
+        raise pytest.UsageError(f"qemublock: {e}") from None
+    if option:
+        path, source = config.invocation_params.dir / option, "--qb-shard-durations"
+    elif config.getini("qb_shard_durations"):
+        base = config.inipath.parent if config.inipath else config.rootpath
+        path, source = base / str(config.getini("qb_shard_durations")), "ini qb_shard_durations"
+    else:
+        return ShardPlan(spec, None, "case count")
+    try:
+        durations = load_durations(str(path))
+    except ResultsError as e:
+        raise pytest.UsageError(f"qemublock: {source}: {e}") from None
+    return ShardPlan(spec, durations.estimate, f"durations of {path.name}")
 
 
 def wanted(config: pytest.Config) -> bool:

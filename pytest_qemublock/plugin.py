@@ -14,7 +14,7 @@ from .qemu import crashes
 from .qemu.build import BuildError
 from .qemu.probing import ProbeError
 from .reporting import plugin as report
-from .scenario import matrix
+from .scenario import matrix, shards
 from .session import (
     EVIDENCE_KEY,
     FAILED_KEY,
@@ -59,6 +59,9 @@ def pytest_configure(config: pytest.Config) -> None:
     except registry.BackendRegistryError as e:
         raise pytest.UsageError(f"qemublock: {e}") from None
     matrix.check_selectors(config)
+    plan = config_mod.shard_plan(config)
+    if plan is not None:
+        config.stash[config_mod.SHARD_KEY] = plan
     session = QemuBlockSession(config_mod.Settings.from_config(config))
     config.stash[SESSION_KEY] = session
     config.pluginmanager.register(
@@ -127,6 +130,20 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     matrix.annotate_and_select(config, items)
 
 
+# Last: the shard is cut from what -k, -m and every other selection left (pytest registers
+# only names that start with pytest_; specname makes it a second impl of the same hook).
+@pytest.hookimpl(trylast=True, specname="pytest_collection_modifyitems")
+def pytest_collection_modifyitems_last(config: pytest.Config, items: list[pytest.Item]) -> None:
+    plan = config.stash.get(config_mod.SHARD_KEY, None)
+    if plan is None:
+        return
+    cut = shards.cut(items, plan.spec, plan.estimate, plan.balanced_by)
+    if cut.drop:
+        config.hook.pytest_deselected(items=cut.drop)
+        items[:] = cut.keep
+    config.pluginmanager.getplugin("qemublock-report").shard = cut.info
+
+
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_call(item: pytest.Item) -> Generator[None, object, object]:
     watch = item.stash.get(crashes.WATCH_KEY, None)
@@ -171,6 +188,16 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]
         if workdir is not None:
             shutil.rmtree(workdir, ignore_errors=True)
     return rep
+
+
+# A wrapper: before the results file records the exit status.
+@pytest.hookimpl(wrapper=True, specname="pytest_sessionfinish")
+def pytest_sessionfinish_shard(session: pytest.Session) -> Generator[None, None, None]:
+    report = session.config.pluginmanager.getplugin("qemublock-report")
+    shard = report.shard if report is not None else None
+    if shard and shards.empty_by_design(shard) and session.exitstatus == pytest.ExitCode.NO_TESTS_COLLECTED:
+        session.exitstatus = pytest.ExitCode.OK
+    return (yield)
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:

@@ -6,7 +6,6 @@ build versions); the controller, which receives every report, does the rest.
 """
 from __future__ import annotations
 
-import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -16,10 +15,21 @@ from typing import Any
 import pytest
 
 from ..host.process import STARTED
-from .fold import CaseResult, Cells, case_build, matrix_cells, strip_build
+from ..scenario.shards import empty_by_design
+from .fold import CaseResult, Cells, case_build, matrix_cells
 from .html import write_html
 from .results import RunInfo, results_document, write_results
-from .summary import UNICODE_PROBE, build_differences, render_matrix
+from .summarize import can_encode, summarize
+
+
+def shard_line(info: dict[str, Any]) -> str:
+    """What this shard of a sharded run (``--qb-shard``) took."""
+    line = (f"qemublock: shard {info['index']}/{info['total']}: {info['selected']} of "
+            f"{info['cases']} cases, balanced by {info['balanced_by']}")
+    if empty_by_design(info):
+        line += (f"; nothing to run: {info['groups']} sharing groups (module x build x backend) "
+                 f"for {info['total']} shards")
+    return line
 
 
 def addoption(group: Any) -> None:
@@ -60,6 +70,8 @@ class MatrixReport:
         self.exitstatus: int | None = None
         self.written: list[tuple[str, Path]] = []
         self.write_errors: list[str] = []
+        #: this run's part of a sharded run (set at collection, by the workers under xdist)
+        self.shard: dict[str, Any] | None = None
 
     # -- lifecycle ---------------------------------------------------------------
     def pytest_sessionstart(self, session: pytest.Session) -> None:
@@ -96,6 +108,8 @@ class MatrixReport:
         for name, info in (out.get("qemublock_builds") or {}).items():
             self.builds.setdefault(name, info)
         self.session_procs.update(out.get("qemublock_session_procs") or {})
+        if out.get("qemublock_shard") and self.shard is None:
+            self.shard = out["qemublock_shard"]  # every worker cut the same collection
 
     def pytest_collectreport(self, report: pytest.CollectReport) -> None:
         if report.failed:
@@ -112,7 +126,7 @@ class MatrixReport:
     @pytest.hookimpl(tryfirst=True)
     def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
         self.duration = time.time() - self.started
-        self.exitstatus = int(exitstatus)
+        self.exitstatus = int(session.exitstatus)  # as corrected by hook wrappers (an empty shard)
         if self.counting:
             self.session_procs.update(STARTED.take())
         for name, info in self._local_builds().items():
@@ -121,6 +135,7 @@ class MatrixReport:
             out = self.config.workeroutput  # type: ignore[attr-defined]
             out["qemublock_builds"] = self.builds
             out["qemublock_session_procs"] = dict(self.session_procs)
+            out["qemublock_shard"] = self.shard
             return
         self._junit_properties()
         if not (self.results_path or self.html_path):
@@ -184,7 +199,7 @@ class MatrixReport:
                       args=[str(a) for a in self.config.invocation_params.args],
                       workers=self.workers, build_order=self.build_order(), builds=self.builds,
                       session_procs=self.session_procs, counted=self.counting,
-                      collect_errors=self.collect_errors)
+                      collect_errors=self.collect_errors, shard=self.shard)
         case_builds = {nodeid: self.case_build(case) for nodeid, case in self.cases.items()}
         return results_document(self.cases, case_builds, self.matrix(), run)
 
@@ -197,44 +212,14 @@ class MatrixReport:
         tr = terminalreporter
         if self.show_summary and self.qb_cases():
             tw = config.get_terminal_writer()
-            builds = self._ordered_builds()
-            title, lines = render_matrix(self.matrix(), builds, self.builds,
-                                         width=max(60, tw.fullwidth),
-                                         unicode=_can_encode(tw, UNICODE_PROBE))
-            tr.write_sep("-", title)
-            for line in lines:
-                for text, style in line:
-                    tr.write(text, **style)
-                tr.write("\n")
-            if len(builds) > 1:
-                for text in self._build_differences(builds):
-                    tr.write_line(text)
+            summary = summarize(self.results(), self.results_path, max(60, tw.fullwidth),
+                                can_encode(tw))
+            if summary is not None:
+                tr.ensure_newline()
+                summary.write(tw)
+        if self.shard is not None:
+            tr.write_line(shard_line(self.shard))
         for what, path in self.written:
             tr.write_line(f"qemublock: {what} written to {path}")
         for error in self.write_errors:
             tr.write_line(f"qemublock: {error}", red=True)
-
-    def _ordered_builds(self) -> list[str]:
-        present = {b for b, _, _ in self.matrix()}
-        order = [b for b in self.build_order() if b in present]
-        return order + sorted(present - set(order))
-
-    def _build_differences(self, builds: list[str]) -> list[str]:
-        by_case: dict[str, dict[str, str]] = {}
-        for c in self.qb_cases():
-            b = self.case_build(c)
-            by_case.setdefault(strip_build(c.nodeid, [b]), {})[b] = c.outcome or "error"
-        return build_differences(by_case, builds, self.results_path)
-
-
-def _can_encode(tw: Any, text: str) -> bool:
-    # TerminalWriter has no public encoding; its private _file is the stream it
-    # writes to (the real stdout, not a capture), so ask that one.
-    f = getattr(tw, "_file", None) or sys.stdout
-    encoding = getattr(f, "encoding", None) or "ascii"
-    try:
-        text.encode(encoding)
-        return True
-    except (UnicodeEncodeError, LookupError):
-        return False
-

@@ -39,6 +39,8 @@ class RunInfo:
     session_procs: Mapping[str, int] = field(default_factory=dict)
     counted: bool = True
     collect_errors: list[str] = field(default_factory=list)
+    #: this run's part of a sharded run (``--qb-shard``), see scenario/shards.py
+    shard: Mapping[str, Any] | None = None
 
 
 def results_document(cases: Mapping[str, CaseResult], case_builds: Mapping[str, str],
@@ -77,6 +79,7 @@ def results_document(cases: Mapping[str, CaseResult], case_builds: Mapping[str, 
                   "outside_tests": dict(sorted(run.session_procs.items())),
                   "counted": run.counted},
         "collect_errors": run.collect_errors,
+        **({"shard": dict(run.shard)} if run.shard else {}),
         "tests": tests,
     }
 
@@ -90,21 +93,26 @@ def write_results(path: Path, document: Mapping[str, Any]) -> None:
     tmp.replace(path)
 
 
-def load_results(path: str) -> dict[str, Any]:
-    """A results file's content; raises :class:`ResultsError` if it is not one, or is
-    of a newer version."""
+def load_json(path: str) -> Any:
+    """A JSON file's content; raises :class:`ResultsError` (one line) if it cannot be read."""
     try:
         with open(path, encoding="utf-8") as f:
-            data = json.load(f)
+            return json.load(f)
     except OSError as e:
         raise ResultsError(f"cannot read {path}: {e.strerror}") from None
     except ValueError as e:
         raise ResultsError(f"{path} is not JSON: {e}") from None
+
+
+def load_results(path: str) -> dict[str, Any]:
+    """A results file's content; raises :class:`ResultsError` if it is not one, or is
+    of a newer version."""
+    data = load_json(path)
     if not isinstance(data, dict) or data.get("format") != RESULTS_FORMAT:
         raise ResultsError(f"{path} is not a qemublock results file (written by --qb-results)")
     if data.get("version", 0) > RESULTS_VERSION:
         raise ResultsError(f"{path} has results format version {data['version']}; this "
-                           f"qemublock-diff reads up to {RESULTS_VERSION}")
+                           f"pytest-qemublock reads up to {RESULTS_VERSION}")
     return data
 
 

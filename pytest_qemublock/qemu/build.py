@@ -1,13 +1,20 @@
 """Finding and validating the QEMU build(s) under test.
 
 A build is a set of binaries (qemu-system-x86_64, qemu-img, qemu-io,
-qemu-nbd, qemu-storage-daemon) plus the environment they need (e.g.
-``QEMU_MODULE_DIR`` for a build unpacked with ``dpkg -x``).
+qemu-nbd, qemu-storage-daemon) plus the environment and arguments that make
+them use their own modules and firmware (``QEMU_MODULE_DIR``, ``-L``; see
+:mod:`.buildtree` for where a build directory keeps them).
 
 Precedence for each binary of the default build, highest first: the CLI
 option, the iotests environment variable (``QEMU_PROG`` ...), the ini option,
 ``--qemu-build-dir``, then ``PATH``. ``--qemu-build`` (repeatable) instead
 names whole builds by directory; each becomes a parametrization axis.
+
+Mixing: once a build directory is given, ``PATH`` is no fallback. A binary
+neither set explicitly nor in the directory is an error naming it, unless
+``--qb-allow-mixed-build`` asks for the fallback (the header then says so).
+The environment and ``-L`` of a directory follow its system binary: they are
+set when qemu-system comes from the directory, not when it was set explicitly.
 """
 from __future__ import annotations
 
@@ -20,6 +27,7 @@ from pathlib import Path
 
 from ..errors import QemuBlockError
 from ..host.process import ProcessError, run
+from .buildtree import BuildTree, open_tree, searched
 
 
 class BuildError(QemuBlockError):
@@ -55,10 +63,9 @@ SPEC_BY_ROLE = {b.role: b for b in BINARIES}
 #: auto-read-only appeared in QEMU 3.1; nothing this plugin checks exists before.
 MIN_VERSION = (3, 1, 0)
 
-# Where binaries sit inside a directory given as a build: a meson build tree
-# keeps qsd in storage-daemon/; a `dpkg -x` root keeps everything in usr/bin.
-_BUILD_SUBDIRS = ("", "storage-daemon", "usr/bin", "bin")
-_MODULE_SUBDIRS = ("usr/lib/x86_64-linux-gnu/qemu", "usr/lib/qemu", "lib/qemu")
+#: the option that lets a build directory's missing binaries come from PATH
+ALLOW_MIXED = "--qb-allow-mixed-build"
+_MIXED_SOURCE = f"PATH, mixed in by {ALLOW_MIXED}"
 
 _VERSION_RE = re.compile(r"(\d+)\.(\d+)\.(\d+)")
 
@@ -70,6 +77,8 @@ class Binary:
     source: str  # where the path came from, for the report header
     version: tuple[int, int, int]
     version_line: str
+    #: e.g. QEMU_MODULE_DIR of the build tree it came from
+    env: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -91,6 +100,12 @@ class QemuBuild:
     def version_str(self) -> str:
         return ".".join(map(str, self.version))
 
+    def env_for(self, role: str) -> dict[str, str]:
+        """Environment to run *role*'s binary in: its build tree's, none for one set
+        explicitly or mixed in from PATH (it loads the modules of its own build)."""
+        b = self.binaries.get(role)
+        return dict(self.env if b is None else b.env)
+
     def has(self, role: str) -> bool:
         return role in self.binaries
 
@@ -104,14 +119,21 @@ class QemuBuild:
 
     def describe(self) -> list[str]:
         lines = [f"qemu build {self.name!r}: QEMU {self.version_str}"
-                 + (f" ({' '.join(f'{k}={v}' for k, v in self.env.items())})" if self.env else "")]
+                 + (f" ({_env_text(self.env)})" if self.env else "")]
         for spec in BINARIES:
             b = self.binaries.get(spec.role)
             if b is not None:
-                lines.append(f"  {spec.filename:<21} {b.path}  [{b.source}]")
+                own = f" ({_env_text(b.env) or 'its own modules'})" if b.env != self.env else ""
+                lines.append(f"  {spec.filename:<21} {b.path}  [{b.source}]{own}")
             else:
                 lines.append(f"  {spec.filename:<21} missing: {self.missing.get(spec.role)}")
+        if self.system_args:
+            lines.append(f"  {'firmware, data':<21} {' '.join(self.system_args)}")
         return lines
+
+
+def _env_text(env: dict[str, str]) -> str:
+    return " ".join(f"{k}={v}" for k, v in env.items())
 
 
 GetOption = Callable[[str], "str | None"]
@@ -123,33 +145,43 @@ def resolve_default_build(
     build_dir: str | None,
     name: str = "default",
     environ: dict[str, str] | None = None,
+    allow_mixed: bool = False,
 ) -> QemuBuild:
-    """Resolve the default build by the documented precedence chain."""
+    """Resolve the default build by the documented precedence chain and mixing rule."""
     environ = dict(os.environ if environ is None else environ)
-    root = _check_build_dir(build_dir) if build_dir else None
+    tree = _check_build_dir(build_dir) if build_dir else None
     candidates: dict[str, tuple[Path, str]] = {}
     missing: dict[str, str] = {}
+    absent = []
+    from_tree = set()
     for spec in BINARIES:
         found = _first(
             (get_option(spec.option), f"option {spec.option}", True),
             (environ.get(spec.env), f"${spec.env}", True),
             (get_ini(spec.ini), f"ini {spec.ini}", True),
         )
-        if found is None and root is not None:
-            p = _find_in_dir(root, spec.filename)
+        if found is None and tree is not None:
+            p = tree.find(spec.filename)
             if p is not None:
-                found = (p, f"--qemu-build-dir {root}")
+                found = (p, f"--qemu-build-dir {tree.root}")
+                from_tree.add(spec.role)
+            elif not allow_mixed:
+                absent.append(spec)
+                continue
         if found is None:
-            w = shutil.which(spec.filename)
-            if w:
-                found = (Path(w), "PATH")
-        if found is None:
-            missing[spec.role] = (f"not found on PATH (install Debian package {spec.debian_package}, "
-                                  f"or pass {spec.option} / set {spec.env})")
-            continue
-        candidates[spec.role] = found
-    env = _module_env(root) if root is not None else {}
-    return _validate(name, candidates, missing, env, _data_args(root) if root is not None else ())
+            found = _on_path(spec, tree, "PATH" if tree is None else _MIXED_SOURCE, missing)
+        if found is not None:
+            candidates[spec.role] = found
+    if tree is None:
+        return _validate(name, candidates, missing, {}, (), set())
+    if absent:
+        raise BuildError(_absent(f"QEMU build directory {tree.root}", tree, absent,
+                                 "/".join(s.option for s in absent)))
+    # The tree's firmware and build-wide environment go with its qemu-system; one set
+    # explicitly is of another build (QEMU 7.2 aborts in module_load_dso() on 10.0's modules).
+    own = "system" in from_tree
+    return _validate(name, candidates, missing, tree.env if own else {},
+                     tree.system_args if own else (), from_tree, tree.env)
 
 
 def split_build_spec(spec: str) -> tuple[str, str]:
@@ -172,19 +204,28 @@ def split_build_spec(spec: str) -> tuple[str, str]:
     return name, directory
 
 
-def resolve_named_build(spec: str) -> QemuBuild:
-    """Resolve ``NAME=DIR`` or ``DIR`` (a build tree or a ``dpkg -x`` root)."""
+def resolve_named_build(spec: str, allow_mixed: bool = False) -> QemuBuild:
+    """Resolve ``NAME=DIR`` or ``DIR`` (a build tree or a ``dpkg -x`` root): every
+    binary from DIR, or with *allow_mixed* from PATH if DIR lacks it."""
     name, directory = split_build_spec(spec)
-    root = _check_build_dir(directory)
+    tree = _check_build_dir(directory)
     candidates: dict[str, tuple[Path, str]] = {}
     missing: dict[str, str] = {}
+    absent = []
     for b in BINARIES:
-        p = _find_in_dir(root, b.filename)
-        if p is None:
-            missing[b.role] = f"not in {root}"
-        else:
+        p = tree.find(b.filename)
+        if p is not None:
             candidates[b.role] = (p, f"--qemu-build {name}")
-    return _validate(name, candidates, missing, _module_env(root), _data_args(root))
+        elif not allow_mixed:
+            absent.append(b)
+        else:
+            found = _on_path(b, tree, _MIXED_SOURCE, missing)
+            if found is not None:
+                candidates[b.role] = found
+    if absent:
+        raise BuildError(_absent(f"--qemu-build {name}: {tree.root}", tree, absent, None))
+    return _validate(name, candidates, missing, tree.env, tree.system_args,
+                     {r for r, (_, src) in candidates.items() if src != _MIXED_SOURCE}, tree.env)
 
 
 def build_names(build_specs: Sequence[str]) -> list[str]:
@@ -195,10 +236,25 @@ def build_names(build_specs: Sequence[str]) -> list[str]:
     return [split_build_spec(spec)[0] for spec in build_specs]
 
 
-def _data_args(root: Path) -> tuple[str, ...]:
-    # A relocated build would otherwise load the system QEMU's firmware/ROMs.
-    d = root / "usr/share/qemu"
-    return ("-L", str(d)) if d.is_dir() else ()
+def _on_path(spec: BinarySpec, tree: BuildTree | None, source: str,
+             missing: dict[str, str]) -> tuple[Path, str] | None:
+    w = shutil.which(spec.filename)
+    if w:
+        return Path(w), source
+    where = "on PATH" if tree is None else f"in {tree.root} nor on PATH"
+    missing[spec.role] = (f"not found {where} (install Debian package {spec.debian_package}, "
+                          f"or pass {spec.option} / set {spec.env})")
+    return None
+
+
+def _absent(what: str, tree: BuildTree, absent: list[BinarySpec], options: str | None) -> str:
+    """One line: which binaries the build directory lacks, where, and the ways out."""
+    names = ", ".join(s.filename for s in absent)
+    paths = ", ".join(str(tree.expected(s.filename)) for s in absent)
+    it = "it" if len(absent) == 1 else "them"
+    explicit = f", pass {options} PATH," if options else ""
+    return (f"{what} ({tree.layout.kind}) has no {names} (expected {paths}): build {it} there"
+            f"{explicit} or pass {ALLOW_MIXED} to take {it} from PATH")
 
 
 def _first(*choices: tuple[str | None, str, bool]) -> tuple[Path, str] | None:
@@ -208,43 +264,29 @@ def _first(*choices: tuple[str | None, str, bool]) -> tuple[Path, str] | None:
     return None
 
 
-def _check_build_dir(directory: str) -> Path:
+def _check_build_dir(directory: str) -> BuildTree:
     root = Path(os.path.expanduser(directory))
     if not root.exists():
         raise BuildError(f"QEMU build directory {directory!r} does not exist")
     if not root.is_dir():
         raise BuildError(f"QEMU build directory {directory!r} is not a directory")
-    if _find_in_dir(root, "qemu-system-x86_64") is None:
-        looked = ", ".join(str(root / d / "qemu-system-x86_64") for d in _BUILD_SUBDIRS)
-        raise BuildError(f"QEMU build directory {directory!r} is unusable: no qemu-system-x86_64 "
+    system = SPEC_BY_ROLE["system"].filename
+    tree = open_tree(root.resolve(), system)
+    if tree is None:
+        looked = ", ".join(map(str, searched(root, system)))
+        raise BuildError(f"QEMU build directory {directory!r} is unusable: no {system} "
                          f"(looked at {looked}); build QEMU there first or pass the right directory")
-    return root.resolve()
-
-
-def _find_in_dir(root: Path, filename: str) -> Path | None:
-    for sub in _BUILD_SUBDIRS:
-        p = root / sub / filename
-        if p.is_file() and os.access(p, os.X_OK):
-            return p
-    return None
-
-
-def _module_env(root: Path) -> dict[str, str]:
-    # A relocated (dpkg -x) build looks for block modules in its compiled-in
-    # /usr/lib path, i.e. the *system* QEMU's modules; point it at its own.
-    for sub in _MODULE_SUBDIRS:
-        d = root / sub
-        if d.is_dir() and any(d.glob("block-*.so")):
-            return {"QEMU_MODULE_DIR": str(d)}
-    return {}
+    return tree
 
 
 def _validate(name: str, candidates: dict[str, tuple[Path, str]], missing: dict[str, str],
-              env: dict[str, str], system_args: tuple[str, ...] = ()) -> QemuBuild:
+              env: dict[str, str], system_args: tuple[str, ...], from_tree: set[str],
+              tree_env: dict[str, str] | None = None) -> QemuBuild:
+    """Check every binary; those in *from_tree* run with *tree_env*, the others with none."""
     binaries: dict[str, Binary] = {}
     for role, (path, source) in candidates.items():
         spec = SPEC_BY_ROLE[role]
-        binaries[role] = _check_binary(spec, path, source, env)
+        binaries[role] = _check_binary(spec, path, source, dict(tree_env or {}) if role in from_tree else {})
     for spec in BINARIES:
         if spec.required and spec.role not in binaries:
             raise BuildError(f"{spec.filename} {missing[spec.role]}")
@@ -276,14 +318,15 @@ def _check_binary(spec: BinarySpec, path: Path, source: str, env: dict[str, str]
         raise BuildError(f"{where}: {path} is not a QEMU binary (`{path.name} --version` "
                          f"printed {shown!r}, exit {res.returncode})")
     version = (int(m.group(1)), int(m.group(2)), int(m.group(3)))
-    return Binary(spec.role, path, source, version, first)
+    return Binary(spec.role, path, source, version, first, env)
 
 
-def resolve_builds(build_specs: Sequence[str], default: Callable[[], QemuBuild]) -> list[QemuBuild]:
+def resolve_builds(build_specs: Sequence[str], default: Callable[[], QemuBuild],
+                   allow_mixed: bool = False) -> list[QemuBuild]:
     """All builds of this session: each ``--qemu-build``, or else the default build."""
     if not build_specs:
         return [default()]
-    builds = [resolve_named_build(s) for s in build_specs]
+    builds = [resolve_named_build(s, allow_mixed) for s in build_specs]
     names = [b.name for b in builds]
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:

@@ -13,8 +13,9 @@ names whole builds by directory; each becomes a parametrization axis.
 Mixing: once a build directory is given, ``PATH`` is no fallback. A binary
 neither set explicitly nor in the directory is an error naming it, unless
 ``--qb-allow-mixed-build`` asks for the fallback (the header then says so).
-The environment and ``-L`` of a directory follow its system binary: they are
-set when qemu-system comes from the directory, not when it was set explicitly.
+A directory's ``QEMU_MODULE_DIR`` goes to the binaries that come from it, its
+``-L`` to its own qemu-system: a binary set explicitly or mixed in is of
+another build and keeps that build's modules and firmware.
 """
 from __future__ import annotations
 
@@ -172,16 +173,10 @@ def resolve_default_build(
             found = _on_path(spec, tree, "PATH" if tree is None else _MIXED_SOURCE, missing)
         if found is not None:
             candidates[spec.role] = found
-    if tree is None:
-        return _validate(name, candidates, missing, {}, (), set())
-    if absent:
+    if tree is not None and absent:
         raise BuildError(_absent(f"QEMU build directory {tree.root}", tree, absent,
                                  "/".join(s.option for s in absent)))
-    # The tree's firmware and build-wide environment go with its qemu-system; one set
-    # explicitly is of another build (QEMU 7.2 aborts in module_load_dso() on 10.0's modules).
-    own = "system" in from_tree
-    return _validate(name, candidates, missing, tree.env if own else {},
-                     tree.system_args if own else (), from_tree, tree.env)
+    return _validate(name, candidates, missing, tree, from_tree)
 
 
 def split_build_spec(spec: str) -> tuple[str, str]:
@@ -224,8 +219,8 @@ def resolve_named_build(spec: str, allow_mixed: bool = False) -> QemuBuild:
                 candidates[b.role] = found
     if absent:
         raise BuildError(_absent(f"--qemu-build {name}: {tree.root}", tree, absent, None))
-    return _validate(name, candidates, missing, tree.env, tree.system_args,
-                     {r for r, (_, src) in candidates.items() if src != _MIXED_SOURCE}, tree.env)
+    return _validate(name, candidates, missing, tree,
+                     {r for r, (_, src) in candidates.items() if src != _MIXED_SOURCE})
 
 
 def build_names(build_specs: Sequence[str]) -> list[str]:
@@ -280,17 +275,20 @@ def _check_build_dir(directory: str) -> BuildTree:
 
 
 def _validate(name: str, candidates: dict[str, tuple[Path, str]], missing: dict[str, str],
-              env: dict[str, str], system_args: tuple[str, ...], from_tree: set[str],
-              tree_env: dict[str, str] | None = None) -> QemuBuild:
-    """Check every binary; those in *from_tree* run with *tree_env*, the others with none."""
+              tree: BuildTree | None, from_tree: set[str]) -> QemuBuild:
+    """Check every binary; those in *from_tree* run with the tree's environment."""
     binaries: dict[str, Binary] = {}
     for role, (path, source) in candidates.items():
-        spec = SPEC_BY_ROLE[role]
-        binaries[role] = _check_binary(spec, path, source, dict(tree_env or {}) if role in from_tree else {})
+        env = tree.env if tree is not None and role in from_tree else {}
+        binaries[role] = _check_binary(SPEC_BY_ROLE[role], path, source, env)
     for spec in BINARIES:
         if spec.required and spec.role not in binaries:
             raise BuildError(f"{spec.filename} {missing[spec.role]}")
-    build = QemuBuild(name, binaries, env, missing, system_args)
+    # Firmware and the build's environment go with its qemu-system: forcing a tree's
+    # modules on a qemu-system of another build aborts it (QEMU 7.2 on 10.0's block-iscsi.so:
+    # module_load_dso() asserts).
+    own = tree if tree is not None and "system" in from_tree else None
+    build = QemuBuild(name, binaries, own.env if own else {}, missing, own.system_args if own else ())
     if build.version < MIN_VERSION:
         raise BuildError(
             f"{binaries['system'].path} is QEMU {build.version_str}: too old, auto-read-only "

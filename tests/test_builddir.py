@@ -45,11 +45,16 @@ def _place(src: Path, dst: Path) -> None:
         shutil.copy2(src, dst)
 
 
-def make_meson_tree(tree: Path, source: Path, without: tuple[str, ...] = ()) -> Path:
-    """A meson-like build tree at *tree* from the ``dpkg -x`` root *source*."""
+def make_meson_tree(tree: Path, source: Path, symlinks: bool = False) -> Path:
+    """A meson-like build tree at *tree* from the ``dpkg -x`` root *source*; with *symlinks*
+    its binaries are symlinks to *source*'s (QEMU then finds no qemu-bundle by itself)."""
     for spec in BINARIES:
-        if spec.filename not in without:
-            _place(source / "usr/bin" / spec.filename, tree / HOME.get(spec.filename, "") / spec.filename)
+        src, dst = source / "usr/bin" / spec.filename, tree / HOME.get(spec.filename, "") / spec.filename
+        if symlinks:
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            dst.symlink_to(src)
+        else:
+            _place(src, dst)
     for mod in sorted((source / TRIPLET_MODDIR).glob("block-*.so")):
         _place(mod, tree / mod.name)
         link = tree / BUNDLE_MODULES / mod.name
@@ -64,14 +69,24 @@ def make_meson_tree(tree: Path, source: Path, without: tuple[str, ...] = ()) -> 
     return tree
 
 
-@pytest.fixture(scope="module")
-def tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def _need_sources() -> None:
     if not (QEMU10_DIR / "usr/bin/qemu-system-x86_64").is_file():
         pytest.skip(f"no QEMU 10.0 build at {QEMU10_DIR} (scripts/fetch-qemu-build.sh; "
                     f"or set QB_TEST_QEMU10)")
     if not (SEABIOS / "bios-256k.bin").is_file():
         pytest.skip(f"no {SEABIOS}/bios-256k.bin for the tree's pc-bios/ (Debian package seabios)")
+
+
+@pytest.fixture(scope="module")
+def tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    _need_sources()
     return make_meson_tree(tmp_path_factory.mktemp("qemu") / "build", QEMU10_DIR).resolve()
+
+
+@pytest.fixture(scope="module")
+def symlinked_tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    _need_sources()
+    return make_meson_tree(tmp_path_factory.mktemp("qemu") / "build", QEMU10_DIR, symlinks=True).resolve()
 
 
 def test_qemu_takes_the_tree_for_a_build_tree(tree):
@@ -122,9 +137,12 @@ def _header(r: pytest.RunResult, tree: Path, source: str) -> None:
         assert header_line(r.outlines, spec.role) == binary_line(spec.role, where, source)
 
 
-@pytest.mark.parametrize("option", ["--qemu-build-dir", "--qemu-build"])
-def test_build_tree_just_works(inner, tree, option):
-    """Every binary, block module and firmware file of the run comes from the tree."""
+@pytest.mark.parametrize("option, which", [("--qemu-build-dir", "tree"), ("--qemu-build", "tree"),
+                                           ("--qemu-build-dir", "symlinked_tree")])
+def test_build_tree_just_works(inner, request, option, which):
+    """Every binary, block module and firmware file of the run comes from the tree, also
+    when its binaries are symlinks whose own directory has no qemu-bundle."""
+    tree = request.getfixturevalue(which)
     inner.suite(TREE_SUITE)
     (inner.path / "tree-path").write_text(str(tree))
     arg, source = ((f"--qemu-build-dir={tree}", f"--qemu-build-dir {tree}") if option == "--qemu-build-dir"

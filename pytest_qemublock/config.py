@@ -34,8 +34,9 @@ def addoption(parser: pytest.Parser) -> None:
                              f"--qemu-build-dir, PATH)")
         parser.addini(spec.ini, f"path of {spec.filename} (below CLI and ${spec.env})")
     group.addoption("--qemu-build-dir", metavar="DIR", default=None,
-                    help="a QEMU build tree or `dpkg -x` root to take missing binaries from "
-                         "(sets QEMU_MODULE_DIR when it holds block modules)")
+                    help="a QEMU build tree (e.g. ~/qemu/build) or `dpkg -x` root: every binary "
+                         "not set explicitly comes from there, with its own block modules "
+                         "(QEMU_MODULE_DIR) and firmware (-L)")
     parser.addini("qemu_build_dir", "default for --qemu-build-dir")
     group.addoption("--qemu-build", metavar="[NAME=]DIR[:ARCH]", action="append", default=[],
                     help="test this build (repeatable); every case runs once per build and the "
@@ -48,6 +49,9 @@ def addoption(parser: pytest.Parser) -> None:
                          "--qemu-build-dir or PATH (default: x86_64, or what --qemu-system "
                          "is named; ini qb_arch)")
     parser.addini("qb_arch", "default for --qb-arch")
+    group.addoption(build_mod.ALLOW_MIXED, action="store_true",
+                    help="take the binaries a build directory lacks from PATH instead of "
+                         "refusing the run (the header marks them)")
     group.addoption("--qb-timeout-factor", type=float, default=None, metavar="F",
                     help="multiply every timeout (QMP, events, start-up, tools) by F > 0, e.g. "
                          "for ASan or valgrind builds (default 1, ini qb_timeout_factor)")
@@ -145,6 +149,7 @@ class Settings:
 
     build_specs: list[str]
     default_build: Callable[[], QemuBuild]
+    allow_mixed_build: bool
     timeout_factor: float
     basetemp: str | None
     evidence_dir: Path
@@ -186,12 +191,14 @@ class Settings:
         def default_build() -> QemuBuild:
             return resolve_default_build(
                 opt, lambda i: config.getini(i) or None,
-                opt("--qemu-build-dir") or config.getini("qemu_build_dir") or None)
+                opt("--qemu-build-dir") or config.getini("qemu_build_dir") or None,
+                allow_mixed=opt(build_mod.ALLOW_MIXED))
 
         cache = getattr(config, "cache", None)  # absent with -p no:cacheprovider
         return cls(
             build_specs=list(opt("--qemu-build")),
             default_build=default_build,
+            allow_mixed_build=opt(build_mod.ALLOW_MIXED),
             timeout_factor=_timeout_factor(opt("--qb-timeout-factor"), config.getini("qb_timeout_factor")),
             basetemp=opt("--qb-basetemp"),
             evidence_dir=evidence_dir,

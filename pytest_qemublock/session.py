@@ -156,7 +156,8 @@ class QemuBlockSession:
             raise self._build_error
         if self._builds is None:
             try:
-                self._builds = resolve_builds(self.settings.build_specs, self.settings.default_build)
+                self._builds = resolve_builds(self.settings.build_specs, self.settings.default_build,
+                                              self.settings.allow_mixed_build)
             except BuildError as e:
                 self._build_error = e
                 raise

@@ -58,7 +58,8 @@ def test_highest_configured_source_wins_for_every_binary(inner, monkeypatch, lev
 
 
 def test_sources_mix_per_binary(inner, monkeypatch):
-    """Each binary resolves on its own: one run, five binaries, five different levels."""
+    """Each binary resolves on its own: one run, five binaries, five different levels
+    (PATH below a build dir only when asked for: tests/test_builddir.py has the refusal)."""
     d = {lv: link_dir(inner.path / "bins" / lv) for lv in LEVELS}
     monkeypatch.setenv("QEMU_IMG_PROG", str(d["env"] / "qemu-img"))
     monkeypatch.setenv("PATH", f"{d['path']}{os.pathsep}{os.environ['PATH']}")
@@ -68,7 +69,7 @@ def test_sources_mix_per_binary(inner, monkeypatch):
     inner.suite(JUST_BUILD)
 
     r = inner.run(f"--qemu-system={d['option'] / 'qemu-system-x86_64'}",
-                  f"--qemu-build-dir={partial}")
+                  f"--qemu-build-dir={partial}", "--qb-allow-mixed-build")
 
     assert r.ret == 0, r.stdout.str() + r.stderr.str()
     lines = r.outlines
@@ -78,7 +79,7 @@ def test_sources_mix_per_binary(inner, monkeypatch):
     assert header_line(lines, "io") == binary_line("io", d["ini"] / "qemu-io", "ini qemu_io")
     assert header_line(lines, "nbd") == binary_line("nbd", d["ini"] / "qemu-nbd", "ini qemu_nbd")
     assert header_line(lines, "qsd") == binary_line(
-        "qsd", d["path"] / "qemu-storage-daemon", "PATH")
+        "qsd", d["path"] / "qemu-storage-daemon", "PATH, mixed in by --qb-allow-mixed-build")
 
 
 def test_build_dir_option_beats_ini(inner):
@@ -99,12 +100,13 @@ def test_build_dir_option_beats_ini(inner):
 
 
 def test_missing_optional_binary_is_reported_not_fatal(inner, monkeypatch):
-    """Without qemu-nbd/qsd anywhere the run still works; the header says what is missing."""
+    """Without qemu-nbd/qsd anywhere the run still works; the header says what is missing.
+    (A build dir that lacks them is refused instead: tests/test_builddir.py.)"""
     only = link_dir(inner.path / "bins" / "only", ("system", "img", "io"))
-    monkeypatch.setenv("PATH", str(inner.path / "empty-path"))
+    monkeypatch.setenv("PATH", str(only))
     inner.suite()  # opens an image with -blockdev: needs system, img, io only
 
-    r = inner.run(f"--qemu-build-dir={only}")
+    r = inner.run()
 
     assert r.ret == 0, r.stdout.str() + r.stderr.str()
     r.assert_outcomes(passed=1)

@@ -129,7 +129,7 @@ def start_qemu_nbd(ctx: ServerContext, image: Path, *, readonly: bool, transport
     argv.append(str(image))
     proc = ctx.registry.spawn([*wrapper.prefix, *socket_activation(argv, listener.fd)],
                               name="qemu-nbd", log_dir=ctx.evidence.log_dir,
-                              env={**ctx.build.env, **wrapper.env}, pass_fds=[listener.fd],
+                              env={**ctx.build.env_for("nbd"), **wrapper.env}, pass_fds=[listener.fd],
                               program=Path(argv[0]).name)
     ctx.evidence.add_process(proc)
     listener.release()
@@ -154,7 +154,7 @@ def start_qsd_export(ctx: ServerContext, image: Path, *, readonly: bool, transpo
             "--nbd-server", f"addr.type=fd,addr.str={listener.fd},max-connections=16",
             "--export", export]
     proc = ctx.registry.spawn([*wrapper.prefix, *argv], name="qsd-nbd", log_dir=ctx.evidence.log_dir,
-                              env={**ctx.build.env, **wrapper.env}, pass_fds=[listener.fd],
+                              env={**ctx.build.env_for("qsd"), **wrapper.env}, pass_fds=[listener.fd],
                               program=Path(argv[0]).name)
     ctx.evidence.add_process(proc)
     listener.release()

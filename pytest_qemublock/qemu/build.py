@@ -1,8 +1,9 @@
 """Finding and validating the QEMU build(s) under test.
 
 A build is a set of binaries (qemu-system-ARCH, qemu-img, qemu-io,
-qemu-nbd, qemu-storage-daemon) plus the environment they need (e.g.
-``QEMU_MODULE_DIR`` for a build unpacked with ``dpkg -x``). Its target arch
+qemu-nbd, qemu-storage-daemon) plus the environment and arguments that make
+them use their own modules and firmware (``QEMU_MODULE_DIR``, ``-L``; see
+:mod:`.buildtree` for where a build directory keeps them). Its target arch
 (:mod:`.arch`) is the ``qemu-system-*`` it has, or the one chosen: ``DIR:ARCH``
 for ``--qemu-build``, ``--qb-arch`` for the default build.
 
@@ -10,6 +11,13 @@ Precedence for each binary of the default build, highest first: the CLI
 option, the iotests environment variable (``QEMU_PROG`` ...), the ini option,
 ``--qemu-build-dir``, then ``PATH``. ``--qemu-build`` (repeatable) instead
 names whole builds by directory; each becomes a parametrization axis.
+
+Mixing: once a build directory is given, ``PATH`` is no fallback. A binary
+neither set explicitly nor in the directory is an error naming it, unless
+``--qb-allow-mixed-build`` asks for the fallback (the header then says so).
+A directory's ``QEMU_MODULE_DIR`` goes to the binaries that come from it, its
+``-L`` to its own qemu-system: a binary set explicitly or mixed in is of
+another build and keeps that build's modules and firmware.
 """
 from __future__ import annotations
 
@@ -20,61 +28,16 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..errors import QemuBlockError
-from ..host.process import ProcessError, run
 from . import arch as arch_mod
 from .arch import REFERENCE, Arch, ArchError
+from .binaries import BINARIES, MIN_VERSION, SPEC_BY_ROLE, Binary, BinarySpec, BuildError, check_binary
+from .buildtree import BuildTree, open_tree, searched
 
+__all__ = ["BINARIES", "MIN_VERSION", "SPEC_BY_ROLE", "Binary", "BinarySpec", "BuildError", "QemuBuild"]
 
-class BuildError(QemuBlockError):
-    """The QEMU build under test is unusable (missing or non-QEMU binary, too old...).
-
-    Raised during configuration; the plugin turns it into a ``pytest.UsageError``
-    so the user sees one line, not a traceback.
-    """
-
-
-@dataclass(frozen=True)
-class BinarySpec:
-    role: str
-    filename: str
-    option: str
-    env: str
-    ini: str
-    required: bool
-    debian_package: str
-
-
-BINARIES: tuple[BinarySpec, ...] = (
-    # the x86_64 names; a build of another arch has its own (arch.py)
-    BinarySpec("system", "qemu-system-x86_64", "--qemu-system", "QEMU_PROG", "qemu_system", True,
-               "qemu-system-x86"),
-    BinarySpec("img", "qemu-img", "--qemu-img", "QEMU_IMG_PROG", "qemu_img", True, "qemu-utils"),
-    BinarySpec("io", "qemu-io", "--qemu-io", "QEMU_IO_PROG", "qemu_io", False, "qemu-utils"),
-    BinarySpec("nbd", "qemu-nbd", "--qemu-nbd", "QEMU_NBD_PROG", "qemu_nbd", False, "qemu-utils"),
-    BinarySpec("qsd", "qemu-storage-daemon", "--qemu-storage-daemon", "QSD_PROG",
-               "qemu_storage_daemon", False, "qemu-system-common"),
-)
-SPEC_BY_ROLE = {b.role: b for b in BINARIES}
-
-#: auto-read-only appeared in QEMU 3.1; nothing this plugin checks exists before.
-MIN_VERSION = (3, 1, 0)
-
-# Where binaries sit inside a directory given as a build: a meson build tree
-# keeps qsd in storage-daemon/; a `dpkg -x` root keeps everything in usr/bin.
-_BUILD_SUBDIRS = ("", "storage-daemon", "usr/bin", "bin")
-_MODULE_SUBDIRS = ("usr/lib/x86_64-linux-gnu/qemu", "usr/lib/qemu", "lib/qemu")
-
-_VERSION_RE = re.compile(r"(\d+)\.(\d+)\.(\d+)")
-
-
-@dataclass(frozen=True)
-class Binary:
-    role: str
-    path: Path
-    source: str  # where the path came from, for the report header
-    version: tuple[int, int, int]
-    version_line: str
+#: the option that lets a build directory's missing binaries come from PATH
+ALLOW_MIXED = "--qb-allow-mixed-build"
+_MIXED_SOURCE = f"PATH, mixed in by {ALLOW_MIXED}"
 
 
 @dataclass(frozen=True)
@@ -98,6 +61,12 @@ class QemuBuild:
     def version_str(self) -> str:
         return ".".join(map(str, self.version))
 
+    def env_for(self, role: str) -> dict[str, str]:
+        """Environment to run *role*'s binary in: its build tree's, none for one set
+        explicitly or mixed in from PATH (it loads the modules of its own build)."""
+        b = self.binaries.get(role)
+        return dict(self.env if b is None else b.env)
+
     def has(self, role: str) -> bool:
         return role in self.binaries
 
@@ -111,16 +80,23 @@ class QemuBuild:
 
     def describe(self) -> list[str]:
         lines = [f"qemu build {self.name!r}: QEMU {self.version_str}"
-                 + (f" ({' '.join(f'{k}={v}' for k, v in self.env.items())})" if self.env else ""),
+                 + (f" ({_env_text(self.env)})" if self.env else ""),
                  f"  {'arch':<21} {self.arch.name} (device cases on -M {self.arch.device_machine})"]
         for spec in BINARIES:
             b = self.binaries.get(spec.role)
             filename = _filename(spec.role, self.arch)
             if b is not None:
-                lines.append(f"  {filename:<21} {b.path}  [{b.source}]")
+                own = f" ({_env_text(b.env) or 'its own modules'})" if b.env != self.env else ""
+                lines.append(f"  {filename:<21} {b.path}  [{b.source}]{own}")
             else:
                 lines.append(f"  {filename:<21} missing: {self.missing.get(spec.role)}")
+        if self.system_args:
+            lines.append(f"  {'firmware, data':<21} {' '.join(self.system_args)}")
         return lines
+
+
+def _env_text(env: dict[str, str]) -> str:
+    return " ".join(f"{k}={v}" for k, v in env.items())
 
 
 GetOption = Callable[[str], "str | None"]
@@ -132,19 +108,22 @@ def resolve_default_build(
     build_dir: str | None,
     name: str = "default",
     environ: dict[str, str] | None = None,
+    allow_mixed: bool = False,
 ) -> QemuBuild:
-    """Resolve the default build by the documented precedence chain.
+    """Resolve the default build by the documented precedence chain and mixing rule.
 
     Its arch: ``--qb-arch`` (ini ``qb_arch``), else the name of a qemu-system
     given explicitly, else the one ``--qemu-build-dir`` holds, else x86_64.
     """
     environ = dict(os.environ if environ is None else environ)
-    root = _check_build_dir(build_dir) if build_dir else None
+    tree = _check_build_dir(build_dir) if build_dir else None
     chosen = _chosen_arch(get_option("--qb-arch") or get_ini("qb_arch"))
+    arch = chosen or (_dir_arch(tree, f"--qemu-build-dir {build_dir}") if tree
+                      else arch_mod.ARCHES[REFERENCE])
     candidates: dict[str, tuple[Path, str]] = {}
     missing: dict[str, str] = {}
-    arch = chosen or (_dir_arch(root, f"--qemu-build-dir {build_dir}") if root
-                      else arch_mod.ARCHES[REFERENCE])
+    absent = []
+    from_tree = set()
     for spec in BINARIES:
         found = _first(
             (get_option(spec.option), f"option {spec.option}", True),
@@ -153,25 +132,23 @@ def resolve_default_build(
         )
         if spec.role == "system" and found is not None:
             arch = _explicit_arch(found, chosen) or arch
-        filename = _filename(spec.role, arch)
-        if found is None and root is not None:
-            p = _find_in_dir(root, filename)
+        if found is None and tree is not None:
+            p = tree.find(_filename(spec.role, arch))
             if p is not None:
-                found = (p, f"--qemu-build-dir {root}")
+                found = (p, f"--qemu-build-dir {tree.root}")
+                from_tree.add(spec.role)
+            elif not allow_mixed:
+                absent.append(spec)
+                continue
         if found is None:
-            w = shutil.which(filename)
-            if w:
-                found = (Path(w), "PATH")
-        if found is None:
-            package = arch.debian_package if spec.role == "system" else spec.debian_package
-            missing[spec.role] = (f"not found on PATH (install Debian package {package}, "
-                                  f"or pass {spec.option} / set {spec.env})")
-            continue
-        candidates[spec.role] = found
-    env = _module_env(root) if root is not None else {}
+            found = _on_path(spec, arch, tree, "PATH" if tree is None else _MIXED_SOURCE, missing)
+        if found is not None:
+            candidates[spec.role] = found
+    if tree is not None and absent:
+        raise BuildError(_absent(f"QEMU build directory {tree.root}", tree, arch, absent,
+                                 "/".join(s.option for s in absent)))
     name = arch.name if name == "default" and arch.name != REFERENCE else arch_mod.label(name, arch)
-    return _validate(name, arch, candidates, missing, env,
-                     _data_args(root) if root is not None else ())
+    return _validate(name, arch, candidates, missing, tree, from_tree)
 
 
 def split_build_spec(spec: str) -> tuple[str, str, str | None]:
@@ -203,21 +180,30 @@ def split_build_spec(spec: str) -> tuple[str, str, str | None]:
     return name, directory, arch
 
 
-def resolve_named_build(spec: str) -> QemuBuild:
-    """Resolve ``[NAME=]DIR[:ARCH]`` (a build tree or a ``dpkg -x`` root)."""
+def resolve_named_build(spec: str, allow_mixed: bool = False) -> QemuBuild:
+    """Resolve ``[NAME=]DIR[:ARCH]`` (a build tree or a ``dpkg -x`` root): every
+    binary from DIR, or with *allow_mixed* from PATH if DIR lacks it."""
     name, directory, arch_name = split_build_spec(spec)
-    root = _check_build_dir(directory)
-    arch = arch_mod.get(arch_name) if arch_name else _dir_arch(root, f"--qemu-build {spec}")
+    tree = _check_build_dir(directory)
+    arch = arch_mod.get(arch_name) if arch_name else _dir_arch(tree, f"--qemu-build {spec}")
     name = arch_mod.label(name, arch)
     candidates: dict[str, tuple[Path, str]] = {}
     missing: dict[str, str] = {}
+    absent = []
     for b in BINARIES:
-        p = _find_in_dir(root, _filename(b.role, arch))
-        if p is None:
-            missing[b.role] = f"not in {root}"
-        else:
+        p = tree.find(_filename(b.role, arch))
+        if p is not None:
             candidates[b.role] = (p, f"--qemu-build {name}")
-    return _validate(name, arch, candidates, missing, _module_env(root), _data_args(root))
+        elif not allow_mixed:
+            absent.append(b)
+        else:
+            found = _on_path(b, arch, tree, _MIXED_SOURCE, missing)
+            if found is not None:
+                candidates[b.role] = found
+    if absent:
+        raise BuildError(_absent(f"--qemu-build {name}: {tree.root}", tree, arch, absent, None))
+    return _validate(name, arch, candidates, missing, tree,
+                     {r for r, (_, src) in candidates.items() if src != _MIXED_SOURCE})
 
 
 def build_labels(build_specs: Sequence[str]) -> list[tuple[str, Arch]]:
@@ -230,7 +216,7 @@ def build_labels(build_specs: Sequence[str]) -> list[tuple[str, Arch]]:
     for spec in build_specs:
         name, directory, arch_name = split_build_spec(spec)
         try:
-            arch = arch_mod.get(arch_name) if arch_name else _dir_arch(Path(directory), spec)
+            arch = arch_mod.get(arch_name) if arch_name else _dir_arch(_check_build_dir(directory), spec)
         except BuildError:
             arch = arch_mod.ARCHES[REFERENCE]  # resolution reports the unusable directory
         out.append((arch_mod.label(name, arch), arch))
@@ -267,9 +253,9 @@ def _explicit_arch(found: tuple[Path, str], chosen: Arch | None) -> Arch | None:
     return named
 
 
-def _dir_arch(root: Path, where: str) -> Arch:
-    """The arch of the qemu-system-* *root* holds: x86_64 if it has it, else its only one."""
-    present = [a for a in arch_mod.ARCHES.values() if _find_in_dir(root, a.system_binary)]
+def _dir_arch(tree: BuildTree, where: str) -> Arch:
+    """The arch of the qemu-system-* *tree* holds: x86_64 if it has it, else its only one."""
+    present = [a for a in arch_mod.ARCHES.values() if tree.find(a.system_binary)]
     if not present:
         raise BuildError(f"{where}: no qemu-system-ARCH for an arch in {', '.join(sorted(arch_mod.ARCHES))}")
     if any(a.name == REFERENCE for a in present) or len(present) == 1:
@@ -278,10 +264,27 @@ def _dir_arch(root: Path, where: str) -> Arch:
     raise BuildError(f"{where}: holds {names}; choose one with DIR:ARCH (--qemu-build) or --qb-arch")
 
 
-def _data_args(root: Path) -> tuple[str, ...]:
-    # A relocated build would otherwise load the system QEMU's firmware/ROMs.
-    d = root / "usr/share/qemu"
-    return ("-L", str(d)) if d.is_dir() else ()
+def _on_path(spec: BinarySpec, arch: Arch, tree: BuildTree | None, source: str,
+             missing: dict[str, str]) -> tuple[Path, str] | None:
+    w = shutil.which(_filename(spec.role, arch))
+    if w:
+        return Path(w), source
+    where = "on PATH" if tree is None else f"in {tree.root} nor on PATH"
+    package = arch.debian_package if spec.role == "system" else spec.debian_package
+    missing[spec.role] = (f"not found {where} (install Debian package {package}, "
+                          f"or pass {spec.option} / set {spec.env})")
+    return None
+
+
+def _absent(what: str, tree: BuildTree, arch: Arch, absent: list[BinarySpec],
+            options: str | None) -> str:
+    """One line: which binaries the build directory lacks, where, and the ways out."""
+    names = ", ".join(_filename(s.role, arch) for s in absent)
+    paths = ", ".join(str(tree.expected(_filename(s.role, arch))) for s in absent)
+    it = "it" if len(absent) == 1 else "them"
+    explicit = f", pass {options} PATH," if options else ""
+    return (f"{what} ({tree.layout.kind}) has no {names} (expected {paths}): build {it} there"
+            f"{explicit} or pass {ALLOW_MIXED} to take {it} from PATH")
 
 
 def _first(*choices: tuple[str | None, str, bool]) -> tuple[Path, str] | None:
@@ -291,47 +294,37 @@ def _first(*choices: tuple[str | None, str, bool]) -> tuple[Path, str] | None:
     return None
 
 
-def _check_build_dir(directory: str) -> Path:
+def _check_build_dir(directory: str) -> BuildTree:
     root = Path(os.path.expanduser(directory))
     if not root.exists():
         raise BuildError(f"QEMU build directory {directory!r} does not exist")
     if not root.is_dir():
         raise BuildError(f"QEMU build directory {directory!r} is not a directory")
     systems = [a.system_binary for a in arch_mod.ARCHES.values()]
-    if not any(_find_in_dir(root, f) for f in systems):
-        looked = ", ".join(str(root / d / "qemu-system-*") for d in _BUILD_SUBDIRS)
+    tree = next((t for t in (open_tree(root.resolve(), s) for s in systems) if t), None)
+    if tree is None:
+        looked = ", ".join(map(str, searched(root, "qemu-system-*")))
         raise BuildError(f"QEMU build directory {directory!r} is unusable: no {' or '.join(systems)} "
                          f"(looked at {looked}); build QEMU there first or pass the right directory")
-    return root.resolve()
+    return tree
 
 
-def _find_in_dir(root: Path, filename: str) -> Path | None:
-    for sub in _BUILD_SUBDIRS:
-        p = root / sub / filename
-        if p.is_file() and os.access(p, os.X_OK):
-            return p
-    return None
-
-
-def _module_env(root: Path) -> dict[str, str]:
-    # A relocated (dpkg -x) build looks for block modules in its compiled-in
-    # /usr/lib path, i.e. the *system* QEMU's modules; point it at its own.
-    for sub in _MODULE_SUBDIRS:
-        d = root / sub
-        if d.is_dir() and any(d.glob("block-*.so")):
-            return {"QEMU_MODULE_DIR": str(d)}
-    return {}
-
-
-def _validate(name: str, arch: Arch, candidates: dict[str, tuple[Path, str]], missing: dict[str, str],
-              env: dict[str, str], system_args: tuple[str, ...] = ()) -> QemuBuild:
+def _validate(name: str, arch: Arch, candidates: dict[str, tuple[Path, str]],
+              missing: dict[str, str], tree: BuildTree | None, from_tree: set[str]) -> QemuBuild:
+    """Check every binary; those in *from_tree* run with the tree's environment."""
     binaries: dict[str, Binary] = {}
     for role, (path, source) in candidates.items():
-        binaries[role] = _check_binary(_filename(role, arch), role, path, source, env)
+        env = tree.env if tree is not None and role in from_tree else {}
+        binaries[role] = check_binary(_filename(role, arch), role, path, source, env)
     for spec in BINARIES:
         if spec.required and spec.role not in binaries:
             raise BuildError(f"{_filename(spec.role, arch)} {missing[spec.role]}")
-    build = QemuBuild(name, binaries, env, missing, system_args, arch)
+    # Firmware and the build's environment go with its qemu-system: forcing a tree's
+    # modules on a qemu-system of another build aborts it (QEMU 7.2 on 10.0's block-iscsi.so:
+    # module_load_dso() asserts).
+    own = tree if tree is not None and "system" in from_tree else None
+    build = QemuBuild(name, binaries, own.env if own else {}, missing,
+                      own.system_args if own else (), arch)
     if build.version < MIN_VERSION:
         raise BuildError(
             f"{binaries['system'].path} is QEMU {build.version_str}: too old, auto-read-only "
@@ -339,34 +332,12 @@ def _validate(name: str, arch: Arch, candidates: dict[str, tuple[Path, str]], mi
     return build
 
 
-def _check_binary(filename: str, role: str, path: Path, source: str, env: dict[str, str]) -> Binary:
-    where = f"{filename} from {source}"
-    if not path.exists():
-        raise BuildError(f"{where}: {path} does not exist")
-    if path.is_dir():
-        raise BuildError(f"{where}: {path} is a directory, not a program")
-    if not os.access(path, os.X_OK):
-        raise BuildError(f"{where}: {path} is not executable")
-    try:
-        res = run([path, "--version"], timeout=20, env=env)
-    except ProcessError as e:
-        raise BuildError(f"{where}: {path} is not a usable QEMU binary: {e}") from None
-    text = (res.stdout + res.stderr).strip()
-    first = text.splitlines()[0] if text else ""
-    m = _VERSION_RE.search(first)
-    if res.returncode != 0 or "qemu" not in text.lower() or m is None:
-        shown = first[:120] or "(nothing)"
-        raise BuildError(f"{where}: {path} is not a QEMU binary (`{path.name} --version` "
-                         f"printed {shown!r}, exit {res.returncode})")
-    version = (int(m.group(1)), int(m.group(2)), int(m.group(3)))
-    return Binary(role, path, source, version, first)
-
-
-def resolve_builds(build_specs: Sequence[str], default: Callable[[], QemuBuild]) -> list[QemuBuild]:
+def resolve_builds(build_specs: Sequence[str], default: Callable[[], QemuBuild],
+                   allow_mixed: bool = False) -> list[QemuBuild]:
     """All builds of this session: each ``--qemu-build``, or else the default build."""
     if not build_specs:
         return [default()]
-    builds = [resolve_named_build(s) for s in build_specs]
+    builds = [resolve_named_build(s, allow_mixed) for s in build_specs]
     names = [b.name for b in builds]
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:

@@ -132,11 +132,11 @@ def parse_help_list(text: str) -> list[str]:
 
 def static_facts(build: QemuBuild, timeout: float) -> dict[str, Any]:
     """Facts that need no QMP: accelerators, machines and formats."""
-    env = build.env
+    env = build.env_for("system")
     system = build.path("system")
     accels = parse_help_list(run([system, "-accel", "help"], timeout=timeout, env=env).stdout)
     machines = parse_help_list(run([system, "-machine", "help"], timeout=timeout, env=env).stdout)
-    img_help = run([build.path("img"), "--help"], timeout=timeout, env=env).stdout
+    img_help = run([build.path("img"), "--help"], timeout=timeout, env=build.env_for("img")).stdout
     return {"accelerators": accels, "machines": machines, "formats": parse_formats(img_help)}
 
 

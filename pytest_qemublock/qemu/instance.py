@@ -230,7 +230,7 @@ def launch(
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     qemu = qemu_argv(kind, build, accel, machine, theirs.fileno(), args)
     argv = [*wrapper.prefix, *qemu]
-    env = {**build.env, **wrapper.env}
+    env = {**build.env_for(kind), **wrapper.env}
     try:
         proc = registry.spawn(argv, name=name, log_dir=evidence.log_dir, env=env,
                               pass_fds=[theirs.fileno()], program=os.path.basename(qemu[0]))

@@ -86,7 +86,7 @@ class Tools:
     def run(self, role: str, *args: str | Path, check: bool = True,
             prefix: tuple[str, ...] = ()) -> subprocess.CompletedProcess[str]:
         argv = [*prefix, str(self.build.path(role)), *map(str, args)]
-        res = run(argv, timeout=self.timeouts.tool, env=self.build.env,
+        res = run(argv, timeout=self.timeouts.tool, env=self.build.env_for(role),
                   program=self.build.path(role).name)
         with open(self.evidence.log_dir / "tools.log", "a", encoding="utf-8") as f:
             f.write(f"$ {format_argv(argv)}\n-> exit {res.returncode}\n{res.stdout}{res.stderr}\n")

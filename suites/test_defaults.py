@@ -10,7 +10,11 @@
   everyone unless ``-r``; qsd ``--export``, ``nbd-server-add``,
   ``block-export-add``: nobody unless writable=on), read with ``qemu-nbd -L``;
 * read-only of a qcow2 node's ``file``, ``backing`` and ``data-file`` child
-  left out or given, under a read-only and a read-write parent.
+  left out or given, under a read-only and a read-write parent, through
+  ``blockdev-add`` and ``-drive``;
+* auto-read-only of the same children (a read-write file node on read-only
+  storage) left out or given, under a parent whose own is left out or given:
+  it decides whether the child opens at all.
 """
 import json
 import re
@@ -270,19 +274,93 @@ def _child_node_options(role, st, parent_ro, child_ro):
 
 
 @pytest.mark.parametrize("case", matrix.cases(
-    backend_storage=[("file", "rw")], fmt=["qcow2"], interface=["qmp"], ro=[True, False],
+    backend_storage=[("file", "rw")], fmt=["qcow2"], interface=["qmp", "drive"], ro=[True, False],
     aro=[None], variant=[f"{role}-{opt}" for role in defaults.CHILD_ROLES
                          for opt in ("ro_omitted", "ro_on", "ro_off")]))
 def test_child_read_only_default(case, targets, qemu, qemu_build, qemu_tools, qb_evidence):
-    """qcow2 n0 with its file, backing or data-file child c0 given inline, c0's read-only left
-    out or given: does c0 open read-only?"""
+    """qcow2 n0 with its file, backing or data-file child c0 given inline (blockdev-add, or
+    -drive with dotted options), c0's read-only left out or given: does c0 open read-only?"""
     role, opt = case.variant.rsplit("-", 1)
     child_ro = {"ro_omitted": None, "ro_on": True, "ro_off": False}[opt]
     st = _child_images(targets, qemu_tools)
     opts = _child_node_options(role, st, case.ro, child_ro)
     qb_evidence.note(case=case.describe(), options=opts)
-    vm = qemu.start()
     exp = defaults.expect_child_read_only(role, case.ro, child_ro)
-    err = vm.execute_error("blockdev-add", opts)
-    got = drive.qmp_failed(err, vm) if err is not None else drive.state(vm, ("n0", "c0"), {})
-    outcome.check(exp, got, what=f"blockdev-add {json.dumps(opts)} ({case.id})", build=qemu_build.name)
+    if case.interface == "qmp":
+        vm = qemu.start()
+        err = vm.execute_error("blockdev-add", opts)
+        got = drive.qmp_failed(err, vm) if err is not None else drive.state(vm, ("n0", "c0"), {})
+        what = f"blockdev-add {json.dumps(opts)} ({case.id})"
+    else:
+        # -drive has no null: the header's backing file opens instead (read-only, unnamed),
+        # which changes nothing for n0 and c0
+        arg = drive.drive_arg(_without_null(opts))
+        what = f"-drive {arg} ({case.id})"
+        try:
+            got = drive.state(qemu.start("-drive", arg), ("n0", "c0"), {})
+        except LaunchError as e:
+            got = drive.launch_failed(e)
+    outcome.check(exp, got, what=what, build=qemu_build.name)
+
+
+def _without_null(opts):
+    return {k: _without_null(v) if isinstance(v, dict) else v for k, v in opts.items() if v is not None}
+
+
+def _aro_child_options(role, st, parent_aro, child_aro):
+    """qcow2 n0 (read-only=on) whose *role* child is the file node c0 (read-only=off), and the
+    image paths as QEMU sees them: {label: path} of n0's own image and of c0's."""
+    d = st.directory
+    child = {"read-only": False} if child_aro is None else {"read-only": False, "auto-read-only": child_aro}
+    image = {"file": "top.qcow2", "backing": "ov.qcow2", "data-file": "dq.qcow2"}[role]
+    c0_image = {"file": "top.qcow2", "backing": "bk.raw", "data-file": "data.raw"}[role]
+    c0 = {"driver": "file", "node-name": "c0", "filename": str(st.qemu_path(d / c0_image)), **child}
+    opts = {"driver": "qcow2", "node-name": "n0", "read-only": True}
+    if parent_aro is not None:
+        opts["auto-read-only"] = parent_aro
+    if role == "file":
+        opts["file"] = c0
+    else:
+        opts["file"] = {"driver": "file", "filename": str(st.qemu_path(d / image))}
+        opts[role] = c0
+    return opts, {"child": st.qemu_path(d / c0_image)}
+
+
+@pytest.mark.parametrize("case", [
+    *matrix.cases(backend_storage=[("file", "erofs")], fmt=["qcow2"], interface=["qmp"], ro=[True],
+                  aro=[None, True], variant=defaults.CHILD_ARO_VARIANTS),
+    *matrix.cases(backend_storage=[("file", "erofs")], fmt=["qcow2"], interface=["drive"], ro=[True],
+                  aro=[None, False], variant=defaults.CHILD_ARO_VARIANTS)])
+def test_child_auto_read_only_default(case, targets, qemu, qemu_build, qemu_caps, qemu_tools, qb_evidence):
+    """A read-only qcow2 n0 on read-only storage whose file, backing or data-file child c0 is a
+    file node with read-only=off: c0 opens (dynamic, O_RDONLY) only if the auto-read-only it ends
+    up with is on; left out, it inherits n0's (file, data-file) or is off (backing)."""
+    role, opt = case.variant.rsplit("-", 1)
+    child_aro = {"aro_omitted": None, "aro_on": True, "aro_off": False}[opt]
+    st = targets.storage("erofs")
+    d = st.directory
+    qemu_tools.img("create", "-f", "qcow2", d / "top.qcow2", "1M")
+    qemu_tools.img("create", "-f", "raw", d / "bk.raw", "1M")
+    # no backing file in the header: the backing child is only the one given inline
+    qemu_tools.img("create", "-f", "qcow2", d / "ov.qcow2", "1M")
+    qemu_tools.img("create", "-f", "qcow2", "-o", f"data_file={d / 'data.raw'},data_file_raw=on",
+                   d / "dq.qcow2", "1M")
+    opts, images = _aro_child_options(role, st, case.aro, child_aro)
+    refused = rf"Could not open '{re.escape(str(images['child']))}': {re.escape(st.error_text)}"
+    exp = defaults.expect_child_auto_read_only(role, case.interface, case.aro, child_aro, refused, qemu_caps)
+    if case.interface == "qmp":
+        what = f"blockdev-add {json.dumps(opts)} ({case.id})"
+        vm = qemu.start(wrapper=st.wrapper)
+        err = vm.execute_error("blockdev-add", opts)
+        got = drive.qmp_failed(err, vm) if err is not None else drive.state(vm, ("n0", "c0"), images)
+    else:
+        arg = drive.drive_arg(opts)
+        what = f"-drive {arg} ({case.id})"
+        try:
+            vm = qemu.start("-drive", arg, wrapper=st.wrapper)
+        except LaunchError as e:
+            got = drive.launch_failed(e)
+        else:
+            got = drive.state(vm, ("n0", "c0"), images)
+    qb_evidence.note(case=case.describe(), options=opts)
+    outcome.check(exp, got, what=what, build=qemu_build.name)

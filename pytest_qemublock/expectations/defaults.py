@@ -6,8 +6,9 @@ blockdev_init), backing (COW) children open read-only with auto-read-only off
 BlockBackend that asks for WRITE at once, so auto-read-only cannot save them.
 Exports are read-only unless asked (BlockExportOptions / NbdServerAddOptions
 ``writable`` default false) except qemu-nbd's (read-write unless ``-r``); a
-child left without read-only inherits the parent's, a backing child is
-read-only (block.c bdrv_inherited_options).
+child left without read-only or auto-read-only inherits the parent's, a backing
+child is read-only with auto-read-only off (block.c bdrv_inherited_options);
+the top node's auto-read-only is on for ``-drive`` and off for ``blockdev-add``.
 """
 from __future__ import annotations
 
@@ -180,3 +181,66 @@ def expect_child_read_only(role: str, parent_ro: bool, child_ro: bool | None) ->
                     "through), so the open succeeds with a read-only data file under a read-write "
                     "qcow2 node")
     return Expect(True, ro={"n0": parent_ro, "c0": ro}, because=because)
+
+
+# -- auto-read-only of a child node, when its own is left out --------------------------
+
+#: the child's auto-read-only in test_child_auto_read_only_default: left out, on, off
+CHILD_ARO_VARIANTS = tuple(f"{role}-aro_{opt}" for role in CHILD_ROLES for opt in ("omitted", "on", "off"))
+
+_ARO_INHERIT = ("block.c bdrv_inherited_options: a child that is not COW copies the parent's "
+                "auto-read-only unless it sets its own (qdict_copy_default)")
+_ARO_DEFAULT = {
+    "qmp": ("blockdev-add sets no auto-read-only on the top node (blockdev.c bds_tree_init), so it "
+            "is off (block.c update_flags_from_options: qemu_opt_get_bool_del(..., false))"),
+    "drive": "-drive sets auto-read-only=on on the top node (blockdev.c blockdev_init, 9384a444f6)",
+}
+
+
+def effective_child_aro(role: str, interface: str, parent_aro: bool | None,
+                        child_aro: bool | None) -> tuple[bool, str]:
+    """The auto-read-only a *role* child of a node opened through *interface* (``qmp``:
+    blockdev-add or -blockdev, ``drive``) gets, and why."""
+    if child_aro is not None:
+        return child_aro, "an explicit auto-read-only wins over the default and the parent's"
+    if role == "backing":
+        return False, ("a backing (COW) child defaults to auto-read-only=off, whatever the parent "
+                       "has (block.c bdrv_inherited_options: 'backing files are opened read-only "
+                       "by default')")
+    if parent_aro is not None:
+        return parent_aro, f"the {role} child inherits the parent's ({_ARO_INHERIT})"
+    return (interface == "drive",
+            f"the parent's is left out too: {_ARO_DEFAULT[interface]}; the {role} child inherits "
+            f"it ({_ARO_INHERIT})")
+
+
+def expect_child_auto_read_only(role: str, interface: str, parent_aro: bool | None,
+                                child_aro: bool | None, refused: str, caps: Capabilities) -> Expect:
+    """A read-only qcow2 ``n0`` (auto-read-only=*parent_aro*, None: left out) on read-only storage,
+    opened through *interface*, with its *role* child given inline as a file node ``c0`` with
+    read-only=off and auto-read-only=*child_aro* (None: left out). *refused* is the error of a
+    read-write open of c0's file. The fd of c0's image is labelled ``child``.
+
+    read-only=off on read-only storage opens only under auto-read-only (block.c
+    bdrv_apply_auto_read_only; file-posix keeps ro=false and an O_RDONLY fd while nobody
+    writes, raw_open_common / raw_reconfigure_getfd); a read-only qcow2 takes no WRITE on any
+    child (bdrv_default_perms), so the dynamic node stays read-only.
+    """
+    aro, rule = effective_child_aro(role, interface, parent_aro, child_aro)
+    given = "left out" if child_aro is None else f"auto-read-only={'on' if child_aro else 'off'}"
+    parent = "left out" if parent_aro is None else ("on" if parent_aro else "off")
+    because = (f"{interface}: read-only qcow2 with auto-read-only {parent}, {role} child read-only=off "
+               f"and {given}: {rule}")
+    if not aro:
+        # block.c bdrv_open_backing_file prepends its own context to the backing child's error
+        error = ("Could not open backing file: " if role == "backing" else "") + refused
+        return Expect(False, error=error,
+                      because=f"{because}; without auto-read-only a read-write file node needs an "
+                              "O_RDWR fd at open (file-posix raw_open_common), which the storage refuses")
+    if dynamic(caps):
+        return Expect(True, ro={"n0": True, "c0": False}, fds={"child": O_RDONLY},
+                      because=f"{because}; dynamic auto-read-only: ro=false with an O_RDONLY fd while "
+                              "nobody writes (file-posix raw_reconfigure_getfd, 23dece19da)")
+    return Expect(True, ro={"n0": True, "c0": True}, fds={"child": O_RDONLY},
+                  because=f"{because}; auto-read-only: the node falls back to read-only "
+                          "(bdrv_apply_auto_read_only)")

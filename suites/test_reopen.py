@@ -15,8 +15,10 @@
   read-only again, read-write refused again;
 * on file backends, QEMU's image locks after every step (``/proc/locks``):
   none for a protocol node nobody uses, whatever its flags; the qcow2 node's
-  own under it, and a second process (qemu-io read-write, qemu-img info, no
-  ``-U``) opening the image where they changed (writable storage).
+  own under it, and a second process (qemu-io read-write and ``-r``,
+  qemu-img info, the read-only ones with and without ``-U``) opening the
+  image where they changed, on every storage (read-only storage refuses the
+  read-write one before any lock).
 
 The file backends and one NBD server (qemu-nbd over unix) run the whole
 table; every other NBD pair runs its sharpest case (the transport and server
@@ -32,7 +34,7 @@ from pytest_qemublock.expectations import reopen as rules
 from pytest_qemublock.host.process import ProcessError, describe_status
 from pytest_qemublock.scenario import drive, matrix, outcome
 from pytest_qemublock.scenario.outcome import IMAGE
-from pytest_qemublock.scenario.steps import QEMU_IMG_INFO, QEMU_IO_RW
+from pytest_qemublock.scenario.steps import PROBES
 from pytest_qemublock.storage.images import Pattern
 
 pytestmark = pytest.mark.reopen
@@ -152,16 +154,16 @@ def test_reopen_format_node_over_auto_read_only_child(case, targets, qemu, qemu_
     qb_evidence.note(case=case.describe(), child=child, node=fmt)
     vm = qemu.start(wrapper=target.wrapper)
     vm.execute("blockdev-add", child)
-    # a second process where the locks changed, on writable storage (elsewhere nobody could
-    # open the image read-write anyway; the locks are read everywhere)
-    probing = target.driver == "file" and case.storage == "rw"
+    # every second process where the locks changed (file backends), on any storage: read-only
+    # storage refuses the read-write one first; -U gets past a qcow2 writer's locks
+    probing = target.driver == "file"
 
     def observed(got, before=None):
         got = locked(got, vm, target)
         if probing and got.locks != before:
             prefix = target.wrapper.prefix
             got.others = {p: drive.other_process(qemu_tools, p, "qcow2", target.fd_path, prefix)
-                          for p in (QEMU_IO_RW, QEMU_IMG_INFO)}
+                          for p in PROBES}
         return got
 
     current = rules.expect_format_start(target, qemu_caps)

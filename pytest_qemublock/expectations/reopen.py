@@ -42,7 +42,7 @@ from .common import (
     image_fd,
     open_failed,
 )
-from .locks import NONE, QEMU_IMG_INFO, QEMU_IO_RW, file_child, lock_ranges, second_open
+from .locks import NONE, PROBES, file_child, lock_ranges, second_open
 from .open import expect_open
 
 
@@ -61,8 +61,9 @@ def _format_locks(target: Target, read_only: bool) -> dict[str, Any]:
         return {}
     perms = file_child("qcow2", NONE, writable=not read_only)
     path = str(target.fd_path)
+    refused = target.error_text if refuses_writes(target) else None
     return {"locks": {IMAGE: lock_ranges(perms)},
-            "others": {p: second_open(p, "qcow2", perms, path) for p in (QEMU_IO_RW, QEMU_IMG_INFO)}}
+            "others": {p: second_open(p, "qcow2", perms, path, refused) for p in PROBES}}
 
 
 def flags(opts: Mapping[str, Any]) -> tuple[bool, bool]:

@@ -8,7 +8,10 @@
   writes fail with the storage's error, even with auto-read-only=on;
 * who may write through an export when ``writable`` is left out (qemu-nbd:
   everyone unless ``-r``; qsd ``--export``, ``nbd-server-add``,
-  ``block-export-add``: nobody unless writable=on), read with ``qemu-nbd -L``;
+  ``block-export-add``: nobody unless writable=on), read with ``qemu-nbd -L``,
+  with the flags a client sees (readonly, or trim / write-zeroes) and a second
+  process opening the export read-write and read-only (read-only nodes:
+  ``test_export_clients.py``);
 * read-only of a qcow2 node's ``file``, ``backing`` and ``data-file`` child
   left out or given, under a read-only and a read-write parent, through
   ``blockdev-add`` and ``-drive``;
@@ -24,9 +27,8 @@ import pytest
 from pytest_qemublock.backends import nbd
 from pytest_qemublock.expectations import O_RDONLY, O_RDWR, defaults
 from pytest_qemublock.host import procfs
-from pytest_qemublock.host.listeners import Listener
 from pytest_qemublock.qemu.instance import LaunchError
-from pytest_qemublock.scenario import drive, matrix, outcome
+from pytest_qemublock.scenario import drive, exports, matrix, outcome
 
 pytestmark = pytest.mark.defaults
 
@@ -187,22 +189,12 @@ class _refused:
 EXPORTS = {e.id: e for e in defaults.EXPORT_DEFAULTS}
 
 
-def _listed_flags(qemu_tools, socket_path):
-    """The export flags ``qemu-nbd -L`` lists for the server at *socket_path* (nbd/client.c
-    NBD_FLAG_* names: "readonly" is NBD_FLAG_READ_ONLY)."""
-    res = qemu_tools.run("nbd", "-L", "-k", socket_path, check=False)
-    flags = [line for line in res.stdout.splitlines() if line.strip().startswith("flags:")]
-    assert res.returncode == 0 and len(flags) == 1, (
-        f"qemu-nbd -L -k {socket_path} did not list one export: exit {res.returncode}\n"
-        f"{res.stdout}{res.stderr}")
-    return flags[0].strip()
-
-
 @pytest.mark.parametrize("case", matrix.cases(backend_storage=[("file", "rw")], fmt=["raw"],
                                               variant=list(EXPORTS)))
 def test_export_writable_default(case, targets, qemu, qemu_build, qemu_caps, qemu_tools, qb_evidence):
     """A read-write node exported with the writability option left out, or given: may clients
-    write (the server leaves NBD_FLAG_READ_ONLY off)?"""
+    write (the server leaves NBD_FLAG_READ_ONLY off)? The flags a client sees (qemu-nbd -L) and
+    what a second process gets when it opens the export read-write and read-only."""
     exp = EXPORTS[case.variant]
     target = targets.target("file", "rw", "raw")
     qb_evidence.note(case=case.describe())
@@ -216,32 +208,24 @@ def test_export_writable_default(case, targets, qemu, qemu_build, qemu_caps, qem
             server = nbd.start_qsd_export(targets.server_ctx, target.fd_path, readonly=False,
                                           writable={None: None, True: "on", False: "off"}[exp.writable])
         targets.servers.append(server)
-        path = server.listener.path
+        view = exports.client_view(qemu_tools, server.listener.path)
     else:
         if not qemu_caps.has_command(exp.interface):
             pytest.skip(f"build {qemu_build.name} has no QMP command {exp.interface}")
         vm = qemu.start("-blockdev", json.dumps({"driver": "raw", "node-name": "n0",
                                                  "file": target.node("f0")}))
-        listener = Listener("unix", targets.server_ctx.sockdir, "dflt")
-        try:
-            vm.qmp.pass_fd(listener.fd, "nbdlisten")
-            vm.execute("nbd-server-start", {"addr": {"type": "fd", "data": {"str": "nbdlisten"}}})
-            args = ({"type": "nbd", "id": "e0", "node-name": "n0", "name": "e0"}
-                    if exp.interface == "block-export-add" else {"device": "n0", "name": "e0"})
-            if exp.writable is not None:
-                args["writable"] = exp.writable
-            vm.execute(exp.interface, args)
-            path = listener.path
-            flags = _listed_flags(qemu_tools, path)
-        finally:
-            listener.close()
-    if exp.interface in ("qemu-nbd", "qsd"):
-        flags = _listed_flags(qemu_tools, path)
-    writable = "readonly" not in flags.split("(", 1)[-1].split()
-    assert writable is exp.expect_writable, (
-        f"{case.id} [build {qemu_build.name}]: export {'writable' if writable else 'read-only'} "
-        f"({flags}), expected {'writable' if exp.expect_writable else 'read-only'}\n"
+        view = exports.qmp_export(vm, exp.interface, exp.writable, targets.server_ctx.sockdir, qemu_tools)
+        assert isinstance(view, exports.ClientView), (
+            f"{case.id} [build {qemu_build.name}]: {exp.interface} of a read-write node refused: {view}")
+    assert view.writable is exp.expect_writable, (
+        f"{case.id} [build {qemu_build.name}]: export {'writable' if view.writable else 'read-only'} "
+        f"({view.flags}), expected {'writable' if exp.expect_writable else 'read-only'}\n"
         f"  because:  {exp.because}")
+    problems = view.mismatches(defaults.export_flags(view.writable),
+                               defaults.client_others(view.writable, view.url))
+    assert not problems, (f"{case.id} [build {qemu_build.name}]: a client of the "
+                          f"{'writable' if view.writable else 'read-only'} export {view.url}: "
+                          + "; ".join(problems) + f"\n  because:  {defaults.EXPORT_FLAGS_RULE}")
 
 
 def _child_images(targets, qemu_tools):

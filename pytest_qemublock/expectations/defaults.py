@@ -15,8 +15,13 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from ..backends.drivers import NBD_RO_EXPORT
 from ..qemu.capabilities import Capabilities
+from ..scenario.steps import QEMU_IO_RO, QEMU_IO_RW
 from .common import NODE_IS_READ_ONLY, O_RDONLY, O_RDWR, Expect, dynamic, image_fd
+
+#: the text of a refused read-write open of a read-only export (a regex that is plain text)
+NBD_RO_EXPORT_TEXT = NBD_RO_EXPORT
 
 
 def expect_classic_drive(fmt: str, readonly_storage: bool, ro: bool, error: str,
@@ -140,6 +145,43 @@ EXPORT_DEFAULTS = (
     ExportDefault("block-export-add", True, _BLOCK_EXPORT),
     ExportDefault("block-export-add", False, _BLOCK_EXPORT),
 )
+
+
+#: the flag words (qemu-nbd -L) of an export that only a writable one has
+WRITE_FLAGS = ("trim", "zeroes", "fast-zero")
+EXPORT_FLAGS_RULE = ("nbd/server.c nbd_export_create: NBD_FLAG_READ_ONLY for a read-only export, "
+          "SEND_TRIM | SEND_WRITE_ZEROES | SEND_FAST_ZERO only for a writable one (dbb38caac5)")
+
+
+def export_flags(writable: bool) -> dict[str, bool]:
+    """Which of the writability flag words a client sees listed for the export
+    (EXPORT_FLAGS_RULE)."""
+    return {"readonly": not writable, **{w: writable for w in WRITE_FLAGS}}
+
+
+def client_others(writable: bool, url: str) -> dict[str, str]:
+    """What a second process (``qemu-io rw``, ``qemu-io ro``) gets when it opens the export at
+    *url*: "" if it opens it. A read-write client of a read-only export is refused at open by
+    the nbd driver (block/nbd.c nbd_handle_updated_info -> bdrv_apply_auto_read_only, whose own
+    message is lost: known bug nbd-ro-export-message-lost, backends/drivers.py NBD_RO_EXPORT),
+    qemu-io.c openfile prefixing "can't open device <url>: "."""
+    return {QEMU_IO_RW: "" if writable else f"can't open device {url}: {NBD_RO_EXPORT_TEXT}",
+            QEMU_IO_RO: ""}
+
+
+def expect_read_only_node_export(exp: ExportDefault) -> Expect:
+    """A read-only node exported over QMP (*exp*: nbd-server-add or block-export-add, writable
+    left out or given): refused, or exported read-only."""
+    if exp.interface == "block-export-add" and exp.writable:
+        return Expect(False, error=re.escape("Cannot export read-only node as writable"),
+                      because="block/export/export.c blk_exp_add: bdrv_is_read_only(bs) && "
+                              "export->writable is refused (9b562c646b)")
+    if exp.interface == "nbd-server-add" and exp.writable:
+        return Expect(True, ro={"n0": True},
+                      because="blockdev-nbd.c qmp_nbd_server_add: a read-only node is exported with "
+                              "writable=false whatever was asked, silently (9b562c646b); "
+                              + EXPORT_FLAGS_RULE)
+    return Expect(True, ro={"n0": True}, because=f"{exp.because}; {EXPORT_FLAGS_RULE}")
 
 
 # -- read-only of a child node, when its own read-only is left out --------------------

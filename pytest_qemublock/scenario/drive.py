@@ -208,6 +208,17 @@ def qemu_io_write(vm: QemuInstance, node: str, pattern: Pattern, target: Target,
     return out
 
 
+def nbd_export_flags(tools: Tools, socket_path: str | Path) -> list[str]:
+    """The flag words ``qemu-nbd -L`` lists for the one export of the server at *socket_path*
+    (nbd/client.c: NBD_FLAG_* names, e.g. "readonly" for NBD_FLAG_READ_ONLY)."""
+    res = tools.run("nbd", "-L", "-k", socket_path, check=False)
+    lines = [line.strip() for line in res.stdout.splitlines() if line.strip().startswith("flags:")]
+    if res.returncode != 0 or len(lines) != 1:
+        raise AssertionError(f"qemu-nbd -L -k {socket_path} did not list one export: exit "
+                             f"{res.returncode}\n{res.stdout}{res.stderr}")
+    return lines[0].partition("(")[2].rstrip(")").split()
+
+
 def nbd_server_start(vm: QemuInstance, sock: Path) -> None:
     """``nbd-server-start`` on a unix socket (its directory must be writable for QEMU's uid)."""
     vm.execute("nbd-server-start", {"addr": {"type": "unix", "data": {"path": str(sock)}}})

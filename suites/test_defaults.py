@@ -228,15 +228,17 @@ def test_export_writable_default(case, targets, qemu, qemu_build, qemu_caps, qem
                           + "; ".join(problems) + f"\n  because:  {defaults.EXPORT_FLAGS_RULE}")
 
 
-def _child_images(targets, qemu_tools):
-    """A qcow2 with a qcow2 backing file and a qcow2 with an external raw data file, on
-    writable storage."""
+def _child_images(targets, qemu_tools, role):
+    """On writable storage, the images *role* needs: a qcow2 with a qcow2 backing file (file,
+    backing), or a qcow2 with an external raw data file (data-file; qemu-img creates both)."""
     st = targets.storage("rw")
     d = st.directory
-    qemu_tools.img("create", "-f", "qcow2", d / "bk.qcow2", "1M")
-    qemu_tools.img("create", "-f", "qcow2", "-b", "bk.qcow2", "-F", "qcow2", d / "top.qcow2")
-    qemu_tools.img("create", "-f", "qcow2", "-o", f"data_file={d / 'data.raw'},data_file_raw=on",
-                   d / "dq.qcow2", "1M")
+    if role == "data-file":
+        qemu_tools.img("create", "-f", "qcow2", "-o", f"data_file={d / 'data.raw'},data_file_raw=on",
+                       d / "dq.qcow2", "1M")
+    else:
+        qemu_tools.img("create", "-f", "qcow2", d / "bk.qcow2", "1M")
+        qemu_tools.img("create", "-f", "qcow2", "-b", "bk.qcow2", "-F", "qcow2", d / "top.qcow2")
     return st
 
 
@@ -266,7 +268,7 @@ def test_child_read_only_default(case, targets, qemu, qemu_build, qemu_tools, qb
     -drive with dotted options), c0's read-only left out or given: does c0 open read-only?"""
     role, opt = case.variant.rsplit("-", 1)
     child_ro = {"ro_omitted": None, "ro_on": True, "ro_off": False}[opt]
-    st = _child_images(targets, qemu_tools)
+    st = _child_images(targets, qemu_tools, role)
     opts = _child_node_options(role, st, case.ro, child_ro)
     qb_evidence.note(case=case.describe(), options=opts)
     exp = defaults.expect_child_read_only(role, case.ro, child_ro)
@@ -323,12 +325,16 @@ def test_child_auto_read_only_default(case, targets, qemu, qemu_build, qemu_caps
     child_aro = {"aro_omitted": None, "aro_on": True, "aro_off": False}[opt]
     st = targets.storage("erofs")
     d = st.directory
-    qemu_tools.img("create", "-f", "qcow2", d / "top.qcow2", "1M")
-    qemu_tools.img("create", "-f", "raw", d / "bk.raw", "1M")
-    # no backing file in the header: the backing child is only the one given inline
-    qemu_tools.img("create", "-f", "qcow2", d / "ov.qcow2", "1M")
-    qemu_tools.img("create", "-f", "qcow2", "-o", f"data_file={d / 'data.raw'},data_file_raw=on",
-                   d / "dq.qcow2", "1M")
+    # one qemu-img per case (a process costs more than the case's QEMU); the backing image has
+    # no backing file in its header: the backing child is only the one given inline
+    if role == "data-file":
+        qemu_tools.img("create", "-f", "qcow2", "-o", f"data_file={d / 'data.raw'},data_file_raw=on",
+                       d / "dq.qcow2", "1M")
+    else:
+        qemu_tools.img("create", "-f", "qcow2", d / ("top.qcow2" if role == "file" else "ov.qcow2"), "1M")
+    if role == "backing":
+        with open(d / "bk.raw", "wb") as f:
+            f.truncate(1 << 20)
     opts, images = _aro_child_options(role, st, case.aro, child_aro)
     refused = rf"Could not open '{re.escape(str(images['child']))}': {re.escape(st.error_text)}"
     exp = defaults.expect_child_auto_read_only(role, case.interface, case.aro, child_aro, refused, qemu_caps)

@@ -96,14 +96,15 @@ CHANGE_CASES = (
 
 @pytest.mark.qemu_requires(command="blockdev-change-medium")
 @pytest.mark.parametrize("case", CHANGE_CASES)
-def test_change_medium(case, targets, qemu, qemu_build, qemu_caps, qemu_tools, qb_evidence):
+def test_change_medium(case, targets, qemu, qemu_build, qemu_caps, qb_evidence):
     """An empty removable drive gets medium a.raw with the case's read-only-mode, then b.raw
     with retain."""
     _needs_pc(qemu_caps, qemu_build)
     device, mode = CHANGES[case.variant]
     st = targets.storage(case.storage)
-    for name in ("a.raw", "b.raw"):
-        qemu_tools.img("create", "-f", "raw", st.directory / name, "1M")
+    for name in ("a.raw", "b.raw"):  # raw images: a sparse file is one, no qemu-img needed
+        with open(st.directory / name, "wb") as f:
+            f.truncate(1 << 20)
     bus = ",bus=ide.1" if device == "ide-cd" else ""
     vm = qemu.start("-device", "virtio-scsi-pci,id=scsi0", "-device", f"{device},id={DEV}{bus}",
                     machine="pc", wrapper=st.wrapper)

@@ -41,3 +41,13 @@ def expect_sync_on_read_only_storage(path_error: str) -> Expect:
                           "refuses writes (the error of the qcow2 driver's create: block/qcow2.c "
                           "qcow2_co_create_opts -> bdrv_co_create_file -> file-posix raw_co_create); "
                           "the transaction is aborted and the base keeps its state")
+
+
+def expect_overlay_in_use() -> Expect:
+    """``blockdev-snapshot`` onto an overlay that a reader already uses (a read-only NBD export
+    of n0): refused, and nothing changes."""
+    return Expect(False, error="The overlay is already in use", ro={"n0": False, "b0": True, "bf": True},
+                  fds={"base": O_RDONLY, "overlay": O_RDWR},
+                  because="blockdev.c external_snapshot_action: an overlay whose parents take "
+                          "CONSISTENT_READ (bdrv_get_cumulative_perm) is refused, a parent as such is "
+                          "not (d29d3d1f80); the transaction is aborted")

@@ -3,10 +3,10 @@
 * scsi-hd, virtio-blk-pci and scsi-cd hot-plugged onto a read-only raw node come
   up as read-only devices (query-block ``ro``, the fd stays O_RDONLY), and their
   BlockBackend cannot be made to write (HMP ``qemu-io -d``); ide-hd is refused;
-* ``blockdev-change-medium`` into an empty scsi-cd or ide-cd with
-  ``read-only-mode`` left out, retain, read-only or read-write, then a second
-  medium with retain: the medium's ``ro`` and fd; on read-only storage a
-  read-write medium is refused (no auto-read-only);
+* ``blockdev-change-medium`` into an empty scsi-cd with ``read-only-mode``
+  left out, retain, read-only or read-write (ide-cd: left out, read-write),
+  then a second medium with retain: the medium's ``ro`` and fd; on read-only
+  storage a read-write medium is refused (no auto-read-only);
 * a read-only node inserted into an empty scsi-cd or floppy
   (blockdev-open-tray / -insert-medium / -close-tray).
 

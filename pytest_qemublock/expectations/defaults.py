@@ -153,10 +153,13 @@ EXPORT_FLAGS_RULE = ("nbd/server.c nbd_export_create: NBD_FLAG_READ_ONLY for a r
           "SEND_TRIM | SEND_WRITE_ZEROES | SEND_FAST_ZERO only for a writable one (dbb38caac5)")
 
 
-def export_flags(writable: bool) -> dict[str, bool]:
+def export_flags(writable: bool, max_connections: int | None = None) -> dict[str, bool]:
     """Which of the writability flag words a client sees listed for the export
-    (EXPORT_FLAGS_RULE)."""
-    return {"readonly": not writable, **{w: writable for w in WRITE_FLAGS}}
+    (EXPORT_FLAGS_RULE), and "multi" (NBD_FLAG_CAN_MULTI_CONN): nbd/server.c
+    nbd_export_create sets it when nbd_server_max_connections() != 1, read-only or not
+    (61cc872456, 58a6fdcc9e). *max_connections*: the server's (qemu-nbd -e, --nbd-server
+    max-connections); None: nbd-server-start's default (0, no limit, in 7.2; 100 since 9.0)."""
+    return {"readonly": not writable, **{w: writable for w in WRITE_FLAGS}, "multi": max_connections != 1}
 
 
 def client_others(writable: bool, url: str) -> dict[str, str]:

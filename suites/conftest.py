@@ -20,6 +20,8 @@ SCENARIOS = {
     "snapshot": "snapshot=on: a writable temporary overlay over read-only storage",
     "hostdev": "host_device on a read-only loop device",
     "inactive": "inactive nodes (blockdev-set-active) refuse writers",
+    "devices": "guest devices on a read-only node, media changed or inserted read-only or read-write",
+    "extsnap": "external snapshots (blockdev-snapshot-sync, blockdev-snapshot) over read-only bases",
 }
 
 

@@ -8,9 +8,16 @@
   writes fail with the storage's error, even with auto-read-only=on;
 * who may write through an export when ``writable`` is left out (qemu-nbd:
   everyone unless ``-r``; qsd ``--export``, ``nbd-server-add``,
-  ``block-export-add``: nobody unless writable=on), read with ``qemu-nbd -L``;
+  ``block-export-add``: nobody unless writable=on), read with ``qemu-nbd -L``,
+  with the flags a client sees (readonly, or trim / write-zeroes) and a second
+  process opening the export read-write and read-only (read-only nodes:
+  ``test_export_clients.py``);
 * read-only of a qcow2 node's ``file``, ``backing`` and ``data-file`` child
-  left out or given, under a read-only and a read-write parent.
+  left out or given, under a read-only and a read-write parent, through
+  ``blockdev-add`` and ``-drive``;
+* auto-read-only of the same children (a read-write file node on read-only
+  storage) left out or given, under a parent whose own is left out or given:
+  it decides whether the child opens at all.
 """
 import json
 import re
@@ -20,9 +27,8 @@ import pytest
 from pytest_qemublock.backends import nbd
 from pytest_qemublock.expectations import O_RDONLY, O_RDWR, defaults
 from pytest_qemublock.host import procfs
-from pytest_qemublock.host.listeners import Listener
 from pytest_qemublock.qemu.instance import LaunchError
-from pytest_qemublock.scenario import drive, matrix, outcome
+from pytest_qemublock.scenario import drive, exports, matrix, outcome
 
 pytestmark = pytest.mark.defaults
 
@@ -183,22 +189,12 @@ class _refused:
 EXPORTS = {e.id: e for e in defaults.EXPORT_DEFAULTS}
 
 
-def _listed_flags(qemu_tools, socket_path):
-    """The export flags ``qemu-nbd -L`` lists for the server at *socket_path* (nbd/client.c
-    NBD_FLAG_* names: "readonly" is NBD_FLAG_READ_ONLY)."""
-    res = qemu_tools.run("nbd", "-L", "-k", socket_path, check=False)
-    flags = [line for line in res.stdout.splitlines() if line.strip().startswith("flags:")]
-    assert res.returncode == 0 and len(flags) == 1, (
-        f"qemu-nbd -L -k {socket_path} did not list one export: exit {res.returncode}\n"
-        f"{res.stdout}{res.stderr}")
-    return flags[0].strip()
-
-
 @pytest.mark.parametrize("case", matrix.cases(backend_storage=[("file", "rw")], fmt=["raw"],
                                               variant=list(EXPORTS)))
 def test_export_writable_default(case, targets, qemu, qemu_build, qemu_caps, qemu_tools, qb_evidence):
     """A read-write node exported with the writability option left out, or given: may clients
-    write (the server leaves NBD_FLAG_READ_ONLY off)?"""
+    write (the server leaves NBD_FLAG_READ_ONLY off)? The flags a client sees (qemu-nbd -L) and
+    what a second process gets when it opens the export read-write and read-only."""
     exp = EXPORTS[case.variant]
     target = targets.target("file", "rw", "raw")
     qb_evidence.note(case=case.describe())
@@ -212,43 +208,38 @@ def test_export_writable_default(case, targets, qemu, qemu_build, qemu_caps, qem
             server = nbd.start_qsd_export(targets.server_ctx, target.fd_path, readonly=False,
                                           writable={None: None, True: "on", False: "off"}[exp.writable])
         targets.servers.append(server)
-        path = server.listener.path
+        view = exports.client_view(qemu_tools, server.listener.path)
     else:
         if not qemu_caps.has_command(exp.interface):
             pytest.skip(f"build {qemu_build.name} has no QMP command {exp.interface}")
         vm = qemu.start("-blockdev", json.dumps({"driver": "raw", "node-name": "n0",
                                                  "file": target.node("f0")}))
-        listener = Listener("unix", targets.server_ctx.sockdir, "dflt")
-        try:
-            vm.qmp.pass_fd(listener.fd, "nbdlisten")
-            vm.execute("nbd-server-start", {"addr": {"type": "fd", "data": {"str": "nbdlisten"}}})
-            args = ({"type": "nbd", "id": "e0", "node-name": "n0", "name": "e0"}
-                    if exp.interface == "block-export-add" else {"device": "n0", "name": "e0"})
-            if exp.writable is not None:
-                args["writable"] = exp.writable
-            vm.execute(exp.interface, args)
-            path = listener.path
-            flags = _listed_flags(qemu_tools, path)
-        finally:
-            listener.close()
-    if exp.interface in ("qemu-nbd", "qsd"):
-        flags = _listed_flags(qemu_tools, path)
-    writable = "readonly" not in flags.split("(", 1)[-1].split()
-    assert writable is exp.expect_writable, (
-        f"{case.id} [build {qemu_build.name}]: export {'writable' if writable else 'read-only'} "
-        f"({flags}), expected {'writable' if exp.expect_writable else 'read-only'}\n"
+        view = exports.qmp_export(vm, exp.interface, exp.writable, targets.server_ctx.sockdir, qemu_tools)
+        assert isinstance(view, exports.ClientView), (
+            f"{case.id} [build {qemu_build.name}]: {exp.interface} of a read-write node refused: {view}")
+    assert view.writable is exp.expect_writable, (
+        f"{case.id} [build {qemu_build.name}]: export {'writable' if view.writable else 'read-only'} "
+        f"({view.flags}), expected {'writable' if exp.expect_writable else 'read-only'}\n"
         f"  because:  {exp.because}")
+    servers = nbd.MAX_CONNECTIONS if exp.interface in ("qemu-nbd", "qsd") else None
+    problems = view.mismatches(defaults.export_flags(view.writable, servers),
+                               defaults.client_others(view.writable, view.url))
+    assert not problems, (f"{case.id} [build {qemu_build.name}]: a client of the "
+                          f"{'writable' if view.writable else 'read-only'} export {view.url}: "
+                          + "; ".join(problems) + f"\n  because:  {defaults.EXPORT_FLAGS_RULE}")
 
 
-def _child_images(targets, qemu_tools):
-    """A qcow2 with a qcow2 backing file and a qcow2 with an external raw data file, on
-    writable storage."""
+def _child_images(targets, qemu_tools, role):
+    """On writable storage, the images *role* needs: a qcow2 with a qcow2 backing file (file,
+    backing), or a qcow2 with an external raw data file (data-file; qemu-img creates both)."""
     st = targets.storage("rw")
     d = st.directory
-    qemu_tools.img("create", "-f", "qcow2", d / "bk.qcow2", "1M")
-    qemu_tools.img("create", "-f", "qcow2", "-b", "bk.qcow2", "-F", "qcow2", d / "top.qcow2")
-    qemu_tools.img("create", "-f", "qcow2", "-o", f"data_file={d / 'data.raw'},data_file_raw=on",
-                   d / "dq.qcow2", "1M")
+    if role == "data-file":
+        qemu_tools.img("create", "-f", "qcow2", "-o", f"data_file={d / 'data.raw'},data_file_raw=on",
+                       d / "dq.qcow2", "1M")
+    else:
+        qemu_tools.img("create", "-f", "qcow2", d / "bk.qcow2", "1M")
+        qemu_tools.img("create", "-f", "qcow2", "-b", "bk.qcow2", "-F", "qcow2", d / "top.qcow2")
     return st
 
 
@@ -270,19 +261,104 @@ def _child_node_options(role, st, parent_ro, child_ro):
 
 
 @pytest.mark.parametrize("case", matrix.cases(
-    backend_storage=[("file", "rw")], fmt=["qcow2"], interface=["qmp"], ro=[True, False],
+    backend_storage=[("file", "rw")], fmt=["qcow2"], interface=["qmp", "drive"], ro=[True, False],
     aro=[None], variant=[f"{role}-{opt}" for role in defaults.CHILD_ROLES
                          for opt in ("ro_omitted", "ro_on", "ro_off")]))
 def test_child_read_only_default(case, targets, qemu, qemu_build, qemu_tools, qb_evidence):
-    """qcow2 n0 with its file, backing or data-file child c0 given inline, c0's read-only left
-    out or given: does c0 open read-only?"""
+    """qcow2 n0 with its file, backing or data-file child c0 given inline (blockdev-add, or
+    -drive with dotted options), c0's read-only left out or given: does c0 open read-only?"""
     role, opt = case.variant.rsplit("-", 1)
     child_ro = {"ro_omitted": None, "ro_on": True, "ro_off": False}[opt]
-    st = _child_images(targets, qemu_tools)
+    st = _child_images(targets, qemu_tools, role)
     opts = _child_node_options(role, st, case.ro, child_ro)
     qb_evidence.note(case=case.describe(), options=opts)
-    vm = qemu.start()
     exp = defaults.expect_child_read_only(role, case.ro, child_ro)
-    err = vm.execute_error("blockdev-add", opts)
-    got = drive.qmp_failed(err, vm) if err is not None else drive.state(vm, ("n0", "c0"), {})
-    outcome.check(exp, got, what=f"blockdev-add {json.dumps(opts)} ({case.id})", build=qemu_build.name)
+    if case.interface == "qmp":
+        vm = qemu.start()
+        err = vm.execute_error("blockdev-add", opts)
+        got = drive.qmp_failed(err, vm) if err is not None else drive.state(vm, ("n0", "c0"), {})
+        what = f"blockdev-add {json.dumps(opts)} ({case.id})"
+    else:
+        # -drive has no null: the header's backing file opens instead (read-only, unnamed),
+        # which changes nothing for n0 and c0
+        arg = drive.drive_arg(_without_null(opts))
+        what = f"-drive {arg} ({case.id})"
+        try:
+            got = drive.state(qemu.start("-drive", arg), ("n0", "c0"), {})
+        except LaunchError as e:
+            got = drive.launch_failed(e)
+    outcome.check(exp, got, what=what, build=qemu_build.name)
+
+
+def _without_null(opts):
+    return {k: _without_null(v) if isinstance(v, dict) else v for k, v in opts.items() if v is not None}
+
+
+def _aro_child_options(role, st, parent_aro, child_aro):
+    """qcow2 n0 (read-only=on) whose *role* child is the file node c0 (read-only=off), and the
+    image paths as QEMU sees them: {label: path} of n0's own image and of c0's."""
+    d = st.directory
+    child = {"read-only": False} if child_aro is None else {"read-only": False, "auto-read-only": child_aro}
+    image = {"file": "top.qcow2", "backing": "ov.qcow2", "data-file": "dq.qcow2"}[role]
+    c0_image = {"file": "top.qcow2", "backing": "bk.raw", "data-file": "data.raw"}[role]
+    c0 = {"driver": "file", "node-name": "c0", "filename": str(st.qemu_path(d / c0_image)), **child}
+    opts = {"driver": "qcow2", "node-name": "n0", "read-only": True}
+    if parent_aro is not None:
+        opts["auto-read-only"] = parent_aro
+    if role == "file":
+        opts["file"] = c0
+    else:
+        opts["file"] = {"driver": "file", "filename": str(st.qemu_path(d / image))}
+        opts[role] = c0
+    return opts, {"child": st.qemu_path(d / c0_image)}
+
+
+# The parent's own auto-read-only left out with the child's left out, on and off; the parent's
+# given (against the interface's default) with the child's left out: what it inherits.
+ARO_OMITTED = [v for v in defaults.CHILD_ARO_VARIANTS if v.endswith("omitted")]
+
+
+@pytest.mark.parametrize("case", [
+    *matrix.cases(backend_storage=[("file", "erofs")], fmt=["qcow2"], interface=["qmp", "drive"], ro=[True],
+                  aro=[None], variant=defaults.CHILD_ARO_VARIANTS),
+    *matrix.cases(backend_storage=[("file", "erofs")], fmt=["qcow2"], interface=["qmp"], ro=[True],
+                  aro=[True], variant=ARO_OMITTED),
+    *matrix.cases(backend_storage=[("file", "erofs")], fmt=["qcow2"], interface=["drive"], ro=[True],
+                  aro=[False], variant=ARO_OMITTED)])
+def test_child_auto_read_only_default(case, targets, qemu, qemu_build, qemu_caps, qemu_tools, qb_evidence):
+    """A read-only qcow2 n0 on read-only storage whose file, backing or data-file child c0 is a
+    file node with read-only=off: c0 opens (dynamic, O_RDONLY) only if the auto-read-only it ends
+    up with is on; left out, it inherits n0's (file, data-file) or is off (backing)."""
+    role, opt = case.variant.rsplit("-", 1)
+    child_aro = {"aro_omitted": None, "aro_on": True, "aro_off": False}[opt]
+    st = targets.storage("erofs")
+    d = st.directory
+    # one qemu-img per case (a process costs more than the case's QEMU); the backing image has
+    # no backing file in its header: the backing child is only the one given inline
+    if role == "data-file":
+        qemu_tools.img("create", "-f", "qcow2", "-o", f"data_file={d / 'data.raw'},data_file_raw=on",
+                       d / "dq.qcow2", "1M")
+    else:
+        qemu_tools.img("create", "-f", "qcow2", d / ("top.qcow2" if role == "file" else "ov.qcow2"), "1M")
+    if role == "backing":
+        with open(d / "bk.raw", "wb") as f:
+            f.truncate(1 << 20)
+    opts, images = _aro_child_options(role, st, case.aro, child_aro)
+    refused = rf"Could not open '{re.escape(str(images['child']))}': {re.escape(st.error_text)}"
+    exp = defaults.expect_child_auto_read_only(role, case.interface, case.aro, child_aro, refused, qemu_caps)
+    if case.interface == "qmp":
+        what = f"blockdev-add {json.dumps(opts)} ({case.id})"
+        vm = qemu.start(wrapper=st.wrapper)
+        err = vm.execute_error("blockdev-add", opts)
+        got = drive.qmp_failed(err, vm) if err is not None else drive.state(vm, ("n0", "c0"), images)
+    else:
+        arg = drive.drive_arg(opts)
+        what = f"-drive {arg} ({case.id})"
+        try:
+            vm = qemu.start("-drive", arg, wrapper=st.wrapper)
+        except LaunchError as e:
+            got = drive.launch_failed(e)
+        else:
+            got = drive.state(vm, ("n0", "c0"), images)
+    qb_evidence.note(case=case.describe(), options=opts)
+    outcome.check(exp, got, what=what, build=qemu_build.name)

@@ -17,10 +17,12 @@ error, and the node stays usable read-only (a read-only export serves the
 image's bytes); flipping the storage to writable lets the writer in.
 
 QEMU's image locks must follow the permissions, not only the fd: after every
-step the suite reads them whole from ``/proc/locks`` (cheap) and, on writable
-storage, opens the image from a second process where they changed (``qemu-io``
-read-write; after the open also ``qemu-img info``, both without ``-U``), against
-``expectations/locks.py``. qcow2 variants (fmt0 qcow2: the format node itself
+step the suite reads them whole (QEMU's fdinfo) and opens the image from a
+second process where they changed or the storage flipped (``qemu-io``
+read-write, without ``-U``; after the open also ``qemu-img info``, or
+``qemu-io -r`` on read-only storage, and for qcow2 the force-share ``-U``
+ones), against ``expectations/locks.py``; on read-only storage a read-write
+probe meets the storage's refusal before any lock. qcow2 variants (fmt0 qcow2: the format node itself
 writes, so the fd is O_RDWR from the start and a second process is refused
 even a read-only open) run the sequences whose lock state says something new.
 """
@@ -28,7 +30,7 @@ import pytest
 
 from pytest_qemublock.expectations import dynamic_aro as dynamic
 from pytest_qemublock.scenario import matrix, outcome
-from pytest_qemublock.scenario.steps import QEMU_IMG_INFO, QEMU_IO_RW
+from pytest_qemublock.scenario.steps import PROBES, QEMU_IMG_INFO, QEMU_IO_RO, QEMU_IO_RW
 from pytest_qemublock.scenario.writers import (
     Attach,
     Detach,
@@ -144,6 +146,16 @@ def bench(case, qemu, targets, qemu_tools):
     b.close()
 
 
+def opening_probes(case):
+    """The second processes run after the open. A qcow2 fmt0 holds WRITE from the start and the
+    tools' qcow2 node shares no write on its file: every probe, -U ones included, says
+    something. A raw one holds nothing yet: qemu-io read-write and qemu-img info; on read-only
+    storage qemu-io -r instead of qemu-img info (the read-write one meets the storage first)."""
+    if case.fmt == "qcow2":
+        return list(PROBES)
+    return [QEMU_IO_RW, QEMU_IMG_INFO if case.storage == "rw" else QEMU_IO_RO]
+
+
 @pytest.mark.parametrize("case", CASES)
 def test_dynamic(case, qemu_build, qemu_caps, qb_evidence, request):
     steps = SEQUENCES[case.variant]
@@ -157,12 +169,10 @@ def test_dynamic(case, qemu_build, qemu_caps, qb_evidence, request):
                                context=f"{bench.describe()}, case {case.id}")
     context = checks.context
 
-    # A second process only where the locks changed (a qemu-io costs ~30 ms); the lock ranges
-    # themselves after every step. Not on read-only storage: nobody could open it read-write.
-    probing = case.storage == "rw"
+    # A second process after the open, and afterwards only where what it meets changed (the
+    # locks, or the storage flipped; a probe costs ~15 ms); the lock ranges after every step.
     got = bench.state()
-    if probing:
-        got.others = bench.others([QEMU_IO_RW, QEMU_IMG_INFO])
+    got.others = bench.others(opening_probes(case))
     checks.step(model.expect(True, "file-posix with auto-read-only=on opens O_RDONLY and keeps "
                                    "ro=false until a writer attaches (block/file-posix.c "
                                    "raw_open_common); a qcow2 fmt0 takes WRITE on f0 itself "
@@ -172,7 +182,7 @@ def test_dynamic(case, qemu_build, qemu_caps, qb_evidence, request):
         expected = model.step(step)
         before = got.locks
         got = bench.run(step)
-        if probing and got.locks != before:
+        if got.locks != before or isinstance(step, Flip):
             got.others = bench.others([QEMU_IO_RW])
         if checks.step(expected, got, what=f"step {n} ({step})"):
             model.bug_seen(expected.bug)

@@ -19,7 +19,8 @@ data is read back with the build's qemu-io (each recipe pattern at its
 offset) and the untouched layers are compared bit for bit. After every step
 QEMU's image locks per layer are read from ``/proc/locks``, and ``qemu-img
 info`` (no ``-U``) opens each layer whose locks changed: refused while its
-qcow2 node is read-write, allowed again once the job gave it back.
+qcow2 node is read-write, allowed again once the job gave it back; where it
+is refused, ``qemu-img info -U`` (force-share) opens it all the same.
 
 On storage that refuses writes (erofs, eacces) every job fails cleanly with
 the storage's error, no job is left and every layer is bit-identical; a base
@@ -75,7 +76,7 @@ def test_job(case, qemu, qemu_build, qemu_caps, qemu_tools, targets, qb_evidence
 
     steps = outcome.CaseCheck("jobs", case.id, build=build, caps=qemu_caps, context=context)
     vm = qemu.start(*args, wrapper=chain.storage.wrapper)
-    # locks after every step; qemu-img info (no -U) of each layer whose locks changed
+    # locks after every step; qemu-img info of each layer whose locks changed (-U where refused)
     got = chains.state_and_others(vm, chain, qemu_tools, None)
     steps.step(layout.opened, got, what="after open")
 

@@ -14,9 +14,13 @@
   reopened read-write (O_RDWR), written, reopened read-only, storage made
   read-only again, read-write refused again;
 * on file backends, QEMU's image locks after every step (``/proc/locks``):
-  none for a protocol node nobody uses, whatever its flags; the qcow2 node's
-  own under it, and a second process (qemu-io read-write, qemu-img info, no
-  ``-U``) opening the image where they changed (writable storage).
+  none for a protocol node nobody uses, whatever its flags (so a second
+  process, read-write or ``-r``, meets only the storage: refused read-write on
+  read-only storage, allowed elsewhere); the qcow2 node's
+  own under it, and a second process (qemu-io read-write and ``-r``,
+  qemu-img info, the read-only ones with and without ``-U``) opening the
+  image where they changed, on every storage (read-only storage refuses the
+  read-write one before any lock).
 
 The file backends and one NBD server (qemu-nbd over unix) run the whole
 table; every other NBD pair runs its sharpest case (the transport and server
@@ -32,7 +36,7 @@ from pytest_qemublock.expectations import reopen as rules
 from pytest_qemublock.host.process import ProcessError, describe_status
 from pytest_qemublock.scenario import drive, matrix, outcome
 from pytest_qemublock.scenario.outcome import IMAGE
-from pytest_qemublock.scenario.steps import QEMU_IMG_INFO, QEMU_IO_RW
+from pytest_qemublock.scenario.steps import PROBES, QEMU_IO_RO, QEMU_IO_RW
 from pytest_qemublock.storage.images import Pattern
 
 pytestmark = pytest.mark.reopen
@@ -117,15 +121,20 @@ def check_reads(vm, target, what, build):
 
 @pytest.mark.qemu_requires(command="blockdev-reopen")
 @pytest.mark.parametrize("case", TABLE)
-def test_reopen_and_back(case, targets, qemu, qemu_build, qemu_caps, qb_evidence):
+def test_reopen_and_back(case, targets, qemu, qemu_build, qemu_caps, qemu_tools, qb_evidence):
     target = targets.target(case.backend, case.storage, "raw")
     start, to = case.options(), TARGETS[case.variant]
     build = qemu_build.name
     qb_evidence.note(case=case.describe(), start=start, reopen=to)
     vm = qemu.start(wrapper=target.wrapper)
     current = start_state(target, qemu_caps, start)
-    outcome.check(current, locked(drive.add_node(vm, target.node("n0", **start), target), vm, target),
-                  what=f"blockdev-add n0 {rules.describe(start)} {where(target, case)}", build=build)
+    got = locked(drive.add_node(vm, target.node("n0", **start), target), vm, target)
+    if target.driver == "file" and got.ok:
+        # the locks never change here (n0 has no parent): a second process once, after the add
+        got.others = {p: drive.other_process(qemu_tools, p, "raw", target.fd_path, target.wrapper.prefix)
+                      for p in (QEMU_IO_RW, QEMU_IO_RO)}
+    outcome.check(current, got, what=f"blockdev-add n0 {rules.describe(start)} {where(target, case)}",
+                  build=build)
 
     for step, opts in (("blockdev-reopen", to), ("blockdev-reopen back", start)):
         current = check_reopen(
@@ -152,16 +161,16 @@ def test_reopen_format_node_over_auto_read_only_child(case, targets, qemu, qemu_
     qb_evidence.note(case=case.describe(), child=child, node=fmt)
     vm = qemu.start(wrapper=target.wrapper)
     vm.execute("blockdev-add", child)
-    # a second process where the locks changed, on writable storage (elsewhere nobody could
-    # open the image read-write anyway; the locks are read everywhere)
-    probing = target.driver == "file" and case.storage == "rw"
+    # every second process where the locks changed (file backends), on any storage: read-only
+    # storage refuses the read-write one first; -U gets past a qcow2 writer's locks
+    probing = target.driver == "file"
 
     def observed(got, before=None):
         got = locked(got, vm, target)
         if probing and got.locks != before:
             prefix = target.wrapper.prefix
             got.others = {p: drive.other_process(qemu_tools, p, "qcow2", target.fd_path, prefix)
-                          for p in (QEMU_IO_RW, QEMU_IMG_INFO)}
+                          for p in PROBES}
         return got
 
     current = rules.expect_format_start(target, qemu_caps)

@@ -29,6 +29,9 @@ _NBD_FLAG_C_FIXED_NEWSTYLE = 1
 _NBD_FLAG_C_NO_ZEROES = 2
 
 
+#: clients a qemu-nbd (-e) or qsd (--nbd-server max-connections) server of ours accepts at once
+MAX_CONNECTIONS = 16
+
 class NbdServer(Server):
     """A running NBD server exporting one image."""
 
@@ -123,7 +126,7 @@ def start_qemu_nbd(ctx: ServerContext, image: Path, *, readonly: bool, transport
                    wrapper: Wrapper = Wrapper()) -> NbdServer:
     """``qemu-nbd [-r] -t`` on a pre-bound socket (systemd socket activation)."""
     listener = Listener(transport, ctx.sockdir, "qnbd")
-    argv = [str(ctx.build.path("nbd")), "-f", "raw", "-t", "-e", "16", "-x", "e0"]
+    argv = [str(ctx.build.path("nbd")), "-f", "raw", "-t", "-e", str(MAX_CONNECTIONS), "-x", "e0"]
     if readonly:
         argv.append("-r")
     argv.append(str(image))
@@ -151,7 +154,7 @@ def start_qsd_export(ctx: ServerContext, image: Path, *, readonly: bool, transpo
     export = "type=nbd,id=e0,node-name=n0,name=e0" + ("" if writable is None else f",writable={writable}")
     argv = [str(ctx.build.path("qsd")),
             "--blockdev", json.dumps(node),
-            "--nbd-server", f"addr.type=fd,addr.str={listener.fd},max-connections=16",
+            "--nbd-server", f"addr.type=fd,addr.str={listener.fd},max-connections={MAX_CONNECTIONS}",
             "--export", export]
     proc = ctx.registry.spawn([*wrapper.prefix, *argv], name="qsd-nbd", log_dir=ctx.evidence.log_dir,
                               env={**ctx.build.env_for("qsd"), **wrapper.env}, pass_fds=[listener.fd],

@@ -6,16 +6,22 @@ blockdev_init), backing (COW) children open read-only with auto-read-only off
 BlockBackend that asks for WRITE at once, so auto-read-only cannot save them.
 Exports are read-only unless asked (BlockExportOptions / NbdServerAddOptions
 ``writable`` default false) except qemu-nbd's (read-write unless ``-r``); a
-child left without read-only inherits the parent's, a backing child is
-read-only (block.c bdrv_inherited_options).
+child left without read-only or auto-read-only inherits the parent's, a backing
+child is read-only with auto-read-only off (block.c bdrv_inherited_options);
+the top node's auto-read-only is on for ``-drive`` and off for ``blockdev-add``.
 """
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
 
+from ..backends.drivers import NBD_RO_EXPORT
 from ..qemu.capabilities import Capabilities
+from ..scenario.steps import QEMU_IO_RO, QEMU_IO_RW
 from .common import NODE_IS_READ_ONLY, O_RDONLY, O_RDWR, Expect, dynamic, image_fd
+
+#: the text of a refused read-write open of a read-only export (a regex that is plain text)
+NBD_RO_EXPORT_TEXT = NBD_RO_EXPORT
 
 
 def expect_classic_drive(fmt: str, readonly_storage: bool, ro: bool, error: str,
@@ -141,6 +147,46 @@ EXPORT_DEFAULTS = (
 )
 
 
+#: the flag words (qemu-nbd -L) of an export that only a writable one has
+WRITE_FLAGS = ("trim", "zeroes", "fast-zero")
+EXPORT_FLAGS_RULE = ("nbd/server.c nbd_export_create: NBD_FLAG_READ_ONLY for a read-only export, "
+          "SEND_TRIM | SEND_WRITE_ZEROES | SEND_FAST_ZERO only for a writable one (dbb38caac5)")
+
+
+def export_flags(writable: bool, max_connections: int | None = None) -> dict[str, bool]:
+    """Which of the writability flag words a client sees listed for the export
+    (EXPORT_FLAGS_RULE), and "multi" (NBD_FLAG_CAN_MULTI_CONN): nbd/server.c
+    nbd_export_create sets it when nbd_server_max_connections() != 1, read-only or not
+    (61cc872456, 58a6fdcc9e). *max_connections*: the server's (qemu-nbd -e, --nbd-server
+    max-connections); None: nbd-server-start's default (0, no limit, in 7.2; 100 since 9.0)."""
+    return {"readonly": not writable, **{w: writable for w in WRITE_FLAGS}, "multi": max_connections != 1}
+
+
+def client_others(writable: bool, url: str) -> dict[str, str]:
+    """What a second process (``qemu-io rw``, ``qemu-io ro``) gets when it opens the export at
+    *url*: "" if it opens it. A read-write client of a read-only export is refused at open by
+    the nbd driver (block/nbd.c nbd_handle_updated_info -> bdrv_apply_auto_read_only, whose own
+    message is lost: known bug nbd-ro-export-message-lost, backends/drivers.py NBD_RO_EXPORT),
+    qemu-io.c openfile prefixing "can't open device <url>: "."""
+    return {QEMU_IO_RW: "" if writable else f"can't open device {url}: {NBD_RO_EXPORT_TEXT}",
+            QEMU_IO_RO: ""}
+
+
+def expect_read_only_node_export(exp: ExportDefault) -> Expect:
+    """A read-only node exported over QMP (*exp*: nbd-server-add or block-export-add, writable
+    left out or given): refused, or exported read-only."""
+    if exp.interface == "block-export-add" and exp.writable:
+        return Expect(False, error=re.escape("Cannot export read-only node as writable"),
+                      because="block/export/export.c blk_exp_add: bdrv_is_read_only(bs) && "
+                              "export->writable is refused (9b562c646b)")
+    if exp.interface == "nbd-server-add" and exp.writable:
+        return Expect(True, ro={"n0": True},
+                      because="blockdev-nbd.c qmp_nbd_server_add: a read-only node is exported with "
+                              "writable=false whatever was asked, silently (9b562c646b); "
+                              + EXPORT_FLAGS_RULE)
+    return Expect(True, ro={"n0": True}, because=f"{exp.because}; {EXPORT_FLAGS_RULE}")
+
+
 # -- read-only of a child node, when its own read-only is left out --------------------
 
 #: child roles of a qcow2 node: the option that opens it
@@ -180,3 +226,66 @@ def expect_child_read_only(role: str, parent_ro: bool, child_ro: bool | None) ->
                     "through), so the open succeeds with a read-only data file under a read-write "
                     "qcow2 node")
     return Expect(True, ro={"n0": parent_ro, "c0": ro}, because=because)
+
+
+# -- auto-read-only of a child node, when its own is left out --------------------------
+
+#: the child's auto-read-only in test_child_auto_read_only_default: left out, on, off
+CHILD_ARO_VARIANTS = tuple(f"{role}-aro_{opt}" for role in CHILD_ROLES for opt in ("omitted", "on", "off"))
+
+_ARO_INHERIT = ("block.c bdrv_inherited_options: a child that is not COW copies the parent's "
+                "auto-read-only unless it sets its own (qdict_copy_default)")
+_ARO_DEFAULT = {
+    "qmp": ("blockdev-add sets no auto-read-only on the top node (blockdev.c bds_tree_init), so it "
+            "is off (block.c update_flags_from_options: qemu_opt_get_bool_del(..., false))"),
+    "drive": "-drive sets auto-read-only=on on the top node (blockdev.c blockdev_init, 9384a444f6)",
+}
+
+
+def effective_child_aro(role: str, interface: str, parent_aro: bool | None,
+                        child_aro: bool | None) -> tuple[bool, str]:
+    """The auto-read-only a *role* child of a node opened through *interface* (``qmp``:
+    blockdev-add or -blockdev, ``drive``) gets, and why."""
+    if child_aro is not None:
+        return child_aro, "an explicit auto-read-only wins over the default and the parent's"
+    if role == "backing":
+        return False, ("a backing (COW) child defaults to auto-read-only=off, whatever the parent "
+                       "has (block.c bdrv_inherited_options: 'backing files are opened read-only "
+                       "by default')")
+    if parent_aro is not None:
+        return parent_aro, f"the {role} child inherits the parent's ({_ARO_INHERIT})"
+    return (interface == "drive",
+            f"the parent's is left out too: {_ARO_DEFAULT[interface]}; the {role} child inherits "
+            f"it ({_ARO_INHERIT})")
+
+
+def expect_child_auto_read_only(role: str, interface: str, parent_aro: bool | None,
+                                child_aro: bool | None, refused: str, caps: Capabilities) -> Expect:
+    """A read-only qcow2 ``n0`` (auto-read-only=*parent_aro*, None: left out) on read-only storage,
+    opened through *interface*, with its *role* child given inline as a file node ``c0`` with
+    read-only=off and auto-read-only=*child_aro* (None: left out). *refused* is the error of a
+    read-write open of c0's file. The fd of c0's image is labelled ``child``.
+
+    read-only=off on read-only storage opens only under auto-read-only (block.c
+    bdrv_apply_auto_read_only; file-posix keeps ro=false and an O_RDONLY fd while nobody
+    writes, raw_open_common / raw_reconfigure_getfd); a read-only qcow2 takes no WRITE on any
+    child (bdrv_default_perms), so the dynamic node stays read-only.
+    """
+    aro, rule = effective_child_aro(role, interface, parent_aro, child_aro)
+    given = "left out" if child_aro is None else f"auto-read-only={'on' if child_aro else 'off'}"
+    parent = "left out" if parent_aro is None else ("on" if parent_aro else "off")
+    because = (f"{interface}: read-only qcow2 with auto-read-only {parent}, {role} child read-only=off "
+               f"and {given}: {rule}")
+    if not aro:
+        # block.c bdrv_open_backing_file prepends its own context to the backing child's error
+        error = ("Could not open backing file: " if role == "backing" else "") + refused
+        return Expect(False, error=error,
+                      because=f"{because}; without auto-read-only a read-write file node needs an "
+                              "O_RDWR fd at open (file-posix raw_open_common), which the storage refuses")
+    if dynamic(caps):
+        return Expect(True, ro={"n0": True, "c0": False}, fds={"child": O_RDONLY},
+                      because=f"{because}; dynamic auto-read-only: ro=false with an O_RDONLY fd while "
+                              "nobody writes (file-posix raw_reconfigure_getfd, 23dece19da)")
+    return Expect(True, ro={"n0": True, "c0": True}, fds={"child": O_RDONLY},
+                  because=f"{because}; auto-read-only: the node falls back to read-only "
+                          "(bdrv_apply_auto_read_only)")

@@ -63,8 +63,7 @@ from .common import NODE_IS_READ_ONLY, O_RDONLY, O_RDWR, dynamic, open_failed
 from .locks import (
     ALL,
     CONSISTENT_READ,
-    QEMU_IMG_INFO,
-    QEMU_IO_RW,
+    PROBES,
     RESIZE,
     WRITE,
     WRITE_UNCHANGED,
@@ -186,9 +185,11 @@ class Model:
         return file_child(self.fmt, union(_perms(u) for u in self.users))
 
     def others(self) -> dict[str, str]:
-        """What a second process (qemu-io read-write, qemu-img info, no -U) gets now."""
+        """What a second process (each of locks.PROBES) gets now: the storage's refusal for a
+        read-write one while it refuses writes, else what QEMU's locks let it do."""
         path = str(self.target.fd_path)
-        return {p: second_open(p, self.fmt, self.file_perms(), path) for p in (QEMU_IO_RW, QEMU_IMG_INFO)}
+        refused = self.target.error_text if self.refuses else None
+        return {p: second_open(p, self.fmt, self.file_perms(), path, refused) for p in PROBES}
 
     # -- helpers -------------------------------------------------------------------------
     @property

@@ -42,6 +42,7 @@ from .locks import (
     CONSISTENT_READ,
     NONE,
     QEMU_IMG_INFO,
+    QEMU_IMG_INFO_U,
     WRITE,
     WRITE_UNCHANGED,
     Perms,
@@ -172,9 +173,8 @@ class Rules:
         rw = {"base": base_rw, "mid": False, "top": top_rw}
         perms = {layer: file_child("qcow2", above[layer], writable=rw[layer]) for layer in above}
         locks = {layer: lock_ranges(p) for layer, p in perms.items()}
-        others = {f"{QEMU_IMG_INFO} {layer}": second_open(QEMU_IMG_INFO, "qcow2", p,
-                                                          str(self.chain.path(layer)))
-                  for layer, p in perms.items()}
+        others = {f"{probe} {layer}": second_open(probe, "qcow2", p, str(self.chain.path(layer)))
+                  for layer, p in perms.items() for probe in (QEMU_IMG_INFO, QEMU_IMG_INFO_U)}
         return Expect(ok, error, ro=ro, fds=fds, locks=locks, others=others, because=because, bug=bug)
 
     def layout(self) -> Layout:

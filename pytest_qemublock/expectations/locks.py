@@ -28,16 +28,21 @@ even ``qemu-io`` read-write unless one of QEMU's users refuses to share write:
 the raw format passes the tool's sharing through), while a qcow2 node never
 shares write or resize on its file, so ``qemu-img info`` of a qcow2 image that
 a QEMU writer holds fails (``Failed to get shared "write" lock``), however
-little it asks for itself (BDRV_O_NO_IO: no permission at all).
+little it asks for itself (BDRV_O_NO_IO: no permission at all). ``-U``
+(force-share) lifts exactly that: the tool's file node then shares everything,
+and only a permission it wants itself and QEMU does not share stops it. On
+storage that refuses writes a read-write tool fails at its own open, before
+any lock is looked at.
 """
 from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from ..scenario.steps import QEMU_IMG_INFO, QEMU_IO_RW
+from ..scenario.steps import PROBES, QEMU_IMG_INFO, QEMU_IMG_INFO_U, QEMU_IO_RO, QEMU_IO_RO_U, QEMU_IO_RW
 
-__all__ = ["ALL", "CONSISTENT_READ", "NONE", "QEMU_IMG_INFO", "QEMU_IO_RW", "RESIZE", "WRITE",
+__all__ = ["ALL", "CONSISTENT_READ", "NONE", "PROBES", "QEMU_IMG_INFO", "QEMU_IMG_INFO_U", "QEMU_IO_RO",
+           "QEMU_IO_RO_U", "QEMU_IO_RW", "RESIZE", "WRITE",
            "WRITE_UNCHANGED", "Perms", "file_child", "lock_ranges", "refusal", "second_open", "tool_perms",
            "union"]
 
@@ -104,16 +109,23 @@ def lock_ranges(file_perms: Perms) -> tuple[str, ...]:
 
 
 def tool_perms(probe: str, fmt: str) -> Perms:
-    """What a second process (no -U) takes on the image's file node: blk_new_open shares
-    everything; ``qemu-io`` (read-write) takes consistent-read and write; ``qemu-img info``
-    opens with BDRV_O_NO_IO (qemu-img.c collect_image_info_list), so it takes nothing and
-    its qcow2 node adds no consistent-read either; the format's child role does the rest."""
+    """What a second process takes on the image's file node: blk_new_open shares
+    everything; ``qemu-io`` (read-write) takes consistent-read and write, ``qemu-io -r``
+    consistent-read; ``qemu-img info`` opens with BDRV_O_NO_IO (qemu-img.c
+    collect_image_info_list), so it takes nothing and its qcow2 node adds no consistent-read
+    either; the format's child role does the rest. With ``-U`` (force-share=on, which the
+    file child inherits: block.c bdrv_inherited_options) the file node shares everything
+    (block.c bdrv_child_perm: ``if (child_bs->force_share) *nshared = BLK_PERM_ALL``)."""
     if probe == QEMU_IO_RW:
         return file_child(fmt, Perms(CONSISTENT_READ | WRITE, ALL), writable=True)
-    if probe == QEMU_IMG_INFO:
+    if probe in (QEMU_IO_RO, QEMU_IO_RO_U):
+        perms = file_child(fmt, Perms(CONSISTENT_READ, ALL), writable=False)
+    elif probe in (QEMU_IMG_INFO, QEMU_IMG_INFO_U):
         perms = file_child(fmt, Perms(0, ALL), writable=False)
-        return Perms(perms.perm & ~CONSISTENT_READ, perms.shared)
-    raise ValueError(f"unknown second-process probe {probe!r}")
+        perms = Perms(perms.perm & ~CONSISTENT_READ, perms.shared)
+    else:
+        raise ValueError(f"unknown second-process probe {probe!r}")
+    return Perms(perms.perm, ALL) if probe in (QEMU_IO_RO_U, QEMU_IMG_INFO_U) else perms
 
 
 def refusal(held: Perms, wanted: Perms) -> str:
@@ -128,12 +140,20 @@ def refusal(held: Perms, wanted: Perms) -> str:
     return ""
 
 
-def second_open(probe: str, fmt: str, held: Perms, path: str) -> str:
-    """The whole message *probe* (QEMU_IO_RW, QEMU_IMG_INFO) prints for the image at *path*,
-    "" if it opens it (qemu-io.c openfile "can't open device", qemu-img.c img_open_file
-    "Could not open")."""
+def second_open(probe: str, fmt: str, held: Perms, path: str, refused: str | None = None) -> str:
+    """The whole message *probe* (one of steps.PROBES) prints for the image at *path*, "" if it
+    opens it (qemu-io.c openfile "can't open device", qemu-img.c img_open_file "Could not
+    open"). *refused*: the storage's strerror while it refuses writes (None: it accepts them);
+    the tool runs where QEMU does (same mount namespace, same uid).
+
+    A read-write probe on such storage fails at its own open (file-posix raw_open_common:
+    qemu_open O_RDWR), before any lock is looked at; the read-only ones open O_RDONLY and
+    then meet the locks (raw_check_lock_bytes, when their BlockBackend takes its permissions).
+    """
+    head = f"can't open device {path}" if probe.startswith("qemu-io") else f"Could not open '{path}'"
+    if refused is not None and probe == QEMU_IO_RW:
+        return f"{head}: Could not open '{path}': {refused}"
     err = refusal(held, tool_perms(probe, fmt))
     if not err:
         return ""
-    head = f"can't open device {path}" if probe == QEMU_IO_RW else f"Could not open '{path}'"
     return f"{head}: {err}\nIs another process using the image [{path}]?"

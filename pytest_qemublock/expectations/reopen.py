@@ -42,16 +42,22 @@ from .common import (
     image_fd,
     open_failed,
 )
-from .locks import NONE, QEMU_IMG_INFO, QEMU_IO_RW, file_child, lock_ranges, second_open
+from .locks import NONE, PROBES, QEMU_IO_RO, QEMU_IO_RW, file_child, lock_ranges, second_open
 from .open import expect_open
 
 
 def no_locks(exp: Expect, target: Target) -> Expect:
     """*exp* plus: a file node without parents holds no lock byte (no permission taken:
-    raw_apply_lock_bytes locks only held and unshared permissions)."""
+    raw_apply_lock_bytes locks only held and unshared permissions), so a second process
+    opens the image, read-write too, unless the storage refuses writes (locks.second_open)."""
     if target.driver != "file":
         return exp
-    return exp.replace(locks={IMAGE: ()}, because=f"{exp.because}; no parent, no permission: no image lock")
+    path = str(target.fd_path)
+    refused = target.error_text if refuses_writes(target) else None
+    others = {p: second_open(p, "raw", NONE, path, refused) for p in (QEMU_IO_RW, QEMU_IO_RO)}
+    return exp.replace(locks={IMAGE: ()}, others=others,
+                       because=f"{exp.because}; no parent, no permission: no image lock, so a second "
+                               "process meets only the storage")
 
 
 def _format_locks(target: Target, read_only: bool) -> dict[str, Any]:
@@ -61,8 +67,9 @@ def _format_locks(target: Target, read_only: bool) -> dict[str, Any]:
         return {}
     perms = file_child("qcow2", NONE, writable=not read_only)
     path = str(target.fd_path)
+    refused = target.error_text if refuses_writes(target) else None
     return {"locks": {IMAGE: lock_ranges(perms)},
-            "others": {p: second_open(p, "qcow2", perms, path) for p in (QEMU_IO_RW, QEMU_IMG_INFO)}}
+            "others": {p: second_open(p, "qcow2", perms, path, refused) for p in PROBES}}
 
 
 def flags(opts: Mapping[str, Any]) -> tuple[bool, bool]:

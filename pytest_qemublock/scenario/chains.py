@@ -25,7 +25,7 @@ from ..storage.local import unavailable_reason
 from .drive import image_locks, other_process
 from .drive import state as _state
 from .outcome import Outcome
-from .steps import LAYERS, NODES, QEMU_IMG_INFO, Chain
+from .steps import LAYERS, NODES, QEMU_IMG_INFO, QEMU_IMG_INFO_U, Chain
 
 __all__ = ["LAYERS", "NODES", "Chain", "backing_file", "blockdev_args", "block_jobs", "make_chain",
            "read_pattern", "state"]
@@ -78,13 +78,19 @@ def state(vm: QemuInstance, chain: Chain, err: QmpError | None = None) -> Outcom
 def state_and_others(vm: QemuInstance, chain: Chain, tools: Tools, before: Outcome | None,
                      err: QmpError | None = None) -> Outcome:
     """:func:`state`, plus ``qemu-img info`` (no -U, through the storage's wrapper) of each
-    layer whose locks differ from *before* (every layer if None) as ``others``: a second
-    process costs ~30 ms, the lock ranges nothing."""
+    layer whose locks differ from *before* (every layer if None) as ``others``, and where QEMU's
+    locks refuse it, ``qemu-img info -U`` too (force-share gets past them): a second process
+    costs ~15 ms, the lock ranges nothing. (info opens one layer alone, BDRV_O_NO_BACKING; a
+    qemu-io would open the layers below as well.)"""
     got = state(vm, chain, err)
+    prefix = chain.storage.wrapper.prefix
     for layer, path in chain.qemu_paths().items():
         if before is None or before.locks.get(layer) != got.locks[layer]:
-            got.others[f"{QEMU_IMG_INFO} {layer}"] = other_process(
-                tools, QEMU_IMG_INFO, "qcow2", path, chain.storage.wrapper.prefix)
+            refusal = other_process(tools, QEMU_IMG_INFO, "qcow2", path, prefix)
+            got.others[f"{QEMU_IMG_INFO} {layer}"] = refusal
+            if refusal:
+                got.others[f"{QEMU_IMG_INFO_U} {layer}"] = other_process(
+                    tools, QEMU_IMG_INFO_U, "qcow2", path, prefix)
     return got
 
 

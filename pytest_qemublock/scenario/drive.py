@@ -23,7 +23,7 @@ from ..qemu.qmp import QmpError
 from ..qemu.tools import IO_DONE, IO_FAILED, QemuIoResult, Tools
 from ..storage.images import Pattern
 from .outcome import IMAGE, Outcome, startup_message, tool_message
-from .steps import QEMU_IMG_INFO, QEMU_IO_RW
+from .steps import QEMU_IMG_INFO, QEMU_IMG_INFO_U, QEMU_IO_RO, QEMU_IO_RO_U, QEMU_IO_RW
 
 
 def qemu_opt_escape(value: str) -> str:
@@ -88,19 +88,27 @@ def image_locks(vm: QemuInstance, path: str | Path | None) -> list[str]:
     return out
 
 
+#: the second-process probes (steps.PROBES) as command lines: (tool role, options before the image)
+_PROBE_ARGS = {
+    QEMU_IO_RW: ("io", ("-c", "quit")),
+    QEMU_IO_RO: ("io", ("-r", "-c", "quit")),
+    QEMU_IO_RO_U: ("io", ("-r", "-U", "-c", "quit")),
+    QEMU_IMG_INFO: ("img", ("info",)),
+    QEMU_IMG_INFO_U: ("img", ("info", "-U")),
+}
+
+
 def other_process(tools: Tools, probe: str, fmt: str, path: str | Path, prefix: tuple[str, ...] = ()
                   ) -> str:
-    """Open the image at *path* from a second process, without -U (*probe*: ``qemu-io rw``:
-    ``qemu-io -c quit``, ``qemu-img info``); its message without the program prefix, ""
-    if it opened the image. *prefix*: the wrapper QEMU runs in (its view of the path)."""
-    if probe == QEMU_IO_RW:
-        res = tools.run("io", "-f", fmt, "-c", "quit", path, check=False, prefix=prefix)
-    elif probe == QEMU_IMG_INFO:
-        res = tools.run("img", "info", "-f", fmt, path, check=False, prefix=prefix)
-    else:
+    """Open the image at *path* from a second process (*probe*, one of steps.PROBES: e.g.
+    ``qemu-io rw`` is ``qemu-io -c quit``, ``qemu-img info -U`` force-shares); its message
+    without the program prefix, "" if it opened the image. *prefix*: the wrapper QEMU runs in
+    (its view of the path, its uid)."""
+    if probe not in _PROBE_ARGS:
         raise ValueError(f"unknown second-process probe {probe!r}")
-    prog = "qemu-io" if probe == QEMU_IO_RW else "qemu-img"
-    return "" if res.returncode == 0 else tool_message(res.stderr, prog)
+    role, opts = _PROBE_ARGS[probe]
+    res = tools.run(role, *opts, "-f", fmt, path, check=False, prefix=prefix)
+    return "" if res.returncode == 0 else tool_message(res.stderr, f"qemu-{role}")
 
 
 def observe(vm: QemuInstance, interface: str, target: Target, err: QmpError | None = None,
@@ -198,6 +206,17 @@ def qemu_io_write(vm: QemuInstance, node: str, pattern: Pattern, target: Target,
     if not res.done:
         out.error = res.reply.strip() or res.output.strip()
     return out
+
+
+def nbd_export_flags(tools: Tools, socket_path: str | Path) -> list[str]:
+    """The flag words ``qemu-nbd -L`` lists for the one export of the server at *socket_path*
+    (nbd/client.c: NBD_FLAG_* names, e.g. "readonly" for NBD_FLAG_READ_ONLY)."""
+    res = tools.run("nbd", "-L", "-k", socket_path, check=False)
+    lines = [line.strip() for line in res.stdout.splitlines() if line.strip().startswith("flags:")]
+    if res.returncode != 0 or len(lines) != 1:
+        raise AssertionError(f"qemu-nbd -L -k {socket_path} did not list one export: exit "
+                             f"{res.returncode}\n{res.stdout}{res.stderr}")
+    return lines[0].partition("(")[2].rstrip(")").split()
 
 
 def nbd_server_start(vm: QemuInstance, sock: Path) -> None:

@@ -14,8 +14,12 @@ from ..storage.local import Storage
 #: node names on the bench
 FILE_NODE, FMT_NODE = "f0", "fmt0"
 
-#: second processes that open the bench's image (WriterBench.others)
+#: second processes that open the bench's image (WriterBench.others): qemu-io read-write and
+#: read-only (-r), qemu-img info, the read-only ones also with force-share (-U)
 QEMU_IO_RW, QEMU_IMG_INFO = "qemu-io rw", "qemu-img info"
+QEMU_IO_RO, QEMU_IO_RO_U, QEMU_IMG_INFO_U = "qemu-io ro", "qemu-io ro -U", "qemu-img info -U"
+#: every probe, in the order they run
+PROBES = (QEMU_IO_RW, QEMU_IO_RO, QEMU_IO_RO_U, QEMU_IMG_INFO, QEMU_IMG_INFO_U)
 
 #: kinds of users and what they need from fmt0
 EXPORT, EXPORT_RO, NBD_ADD, SCSI_HD, SCSI_CD, VIRTIO_BLK = (

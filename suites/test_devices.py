@@ -30,9 +30,21 @@ DEV = "dev0"
 QDEV = {"virtio-blk-pci": f"/machine/peripheral/{DEV}/virtio-backend"}
 
 
-def _needs_pc(qemu_caps, qemu_build):
-    if "pc" not in qemu_caps.machines:
-        pytest.skip(f"build {qemu_build.name} has no 'pc' machine (needed for the guest devices)")
+#: devices of the x86 pc machine's IDE and ISA buses; other arches' device machines have none
+PC_ONLY = ("ide-hd", "ide-cd", "floppy")
+
+
+def _machine(qemu_caps, qemu_build, device):
+    """The machine and its -device arguments for *device* on this build's arch (the arch's
+    device machine: pc on x86_64, virt on aarch64; IDE and floppy devices only on pc)."""
+    arch = qemu_build.arch
+    machine = "pc" if device in PC_ONLY else arch.device_machine
+    if device in PC_ONLY and arch.device_machine != "pc":
+        pytest.skip(f"{device} is a device of the x86 pc machine's IDE/ISA buses; "
+                    f"{arch.name}'s {arch.device_machine} machine has none")
+    if machine not in qemu_caps.machines:
+        pytest.skip(f"build {qemu_build.name} has no {machine!r} machine (needed for {device})")
+    return machine, arch.device_args()
 
 
 def _device_state(vm, qdev, path, err=None):
@@ -46,18 +58,20 @@ def _device_state(vm, qdev, path, err=None):
 @pytest.mark.parametrize("case", matrix.cases(backend_storage=[("file", "rw")], fmt=["raw"],
                                               variant=list(devices.DEVICES)))
 def test_device_on_read_only_node(case, targets, qemu, qemu_build, qemu_caps, qb_evidence):
-    _needs_pc(qemu_caps, qemu_build)
+    machine, device_args = _machine(qemu_caps, qemu_build, case.variant)
     target = targets.target("file", "rw", "raw")
     node = {"driver": "raw", "node-name": "n0", "read-only": True, "file": target.node("f0")}
     dev = {"driver": case.variant, "id": DEV, "drive": "n0"}
+    if case.variant == "virtio-blk-pci" and qemu_build.arch.hotplug_bus:
+        dev["bus"] = qemu_build.arch.hotplug_bus  # virt's pcie.0 takes no hot-plug
     qdev = QDEV.get(case.variant, DEV)
-    args = ["-blockdev", json.dumps(node), "-device", "virtio-scsi-pci,id=scsi0"]
+    args = ["-blockdev", json.dumps(node), *device_args]
     qb_evidence.note(case=case.describe(), node=node, device=dev)
     exp = devices.expect_device_on_read_only_node(case.variant)
     what = f"{case.variant} on read-only node n0 ({case.id})"
     if case.variant in devices.COLD_PLUGGED:
         try:
-            vm = qemu.start(*args, "-device", f"{case.variant},id={DEV},drive=n0", machine="pc",
+            vm = qemu.start(*args, "-device", f"{case.variant},id={DEV},drive=n0", machine=machine,
                             wrapper=target.wrapper)
         except LaunchError as e:
             got = drive.launch_failed(e)
@@ -65,7 +79,7 @@ def test_device_on_read_only_node(case, targets, qemu, qemu_build, qemu_caps, qb
             got = _device_state(vm, qdev, target.fd_path)
         outcome.check(exp, got, what=f"-device {what}", build=qemu_build.name)
         return
-    vm = qemu.start(*args, machine="pc", wrapper=target.wrapper)
+    vm = qemu.start(*args, machine=machine, wrapper=target.wrapper)
     got = _device_state(vm, qdev, target.fd_path, vm.execute_error("device_add", dev))
     outcome.check(exp, got, what=f"device_add {what}", build=qemu_build.name)
 
@@ -102,15 +116,15 @@ CHANGE_CASES = (
 def test_change_medium(case, targets, qemu, qemu_build, qemu_caps, qb_evidence):
     """An empty removable drive gets medium a.raw with the case's read-only-mode, then b.raw
     with retain."""
-    _needs_pc(qemu_caps, qemu_build)
     device, mode = CHANGES[case.variant]
+    machine, device_args = _machine(qemu_caps, qemu_build, device)
     st = targets.storage(case.storage)
     for name in ("a.raw", "b.raw"):  # raw images: a sparse file is one, no qemu-img needed
         with open(st.directory / name, "wb") as f:
             f.truncate(1 << 20)
     bus = ",bus=ide.1" if device == "ide-cd" else ""
-    vm = qemu.start("-device", "virtio-scsi-pci,id=scsi0", "-device", f"{device},id={DEV}{bus}",
-                    machine="pc", wrapper=st.wrapper)
+    vm = qemu.start(*device_args, "-device", f"{device},id={DEV}{bus}",
+                    machine=machine, wrapper=st.wrapper)
     previous_ro = True  # the empty drive's root state: open_flags 0 (blk_new), no BDRV_O_RDWR
     for name, m in (("a.raw", mode), ("b.raw", "retain")):
         path = st.qemu_path(st.directory / name)
@@ -137,11 +151,12 @@ def test_change_medium(case, targets, qemu, qemu_build, qemu_caps, qb_evidence):
 @pytest.mark.parametrize("case", matrix.cases(backend_storage=[("file", "rw")], fmt=["raw"],
                                               variant=list(devices.INSERT)))
 def test_insert_read_only_medium(case, targets, qemu, qemu_build, qemu_caps, qb_evidence):
-    _needs_pc(qemu_caps, qemu_build)
+    machine, device_args = _machine(qemu_caps, qemu_build, case.variant)
     target = targets.target("file", "rw", "raw")
     node = {"driver": "raw", "node-name": "m0", "read-only": True, "file": target.node("mf")}
-    extra = ["-device", "virtio-scsi-pci,id=scsi0"] if case.variant == "scsi-cd" else []
-    vm = qemu.start(*extra, "-device", f"{case.variant},id={DEV}", machine="pc", wrapper=target.wrapper)
+    extra = device_args if case.variant == "scsi-cd" else []
+    vm = qemu.start(*extra, "-device", f"{case.variant},id={DEV}", machine=machine,
+                    wrapper=target.wrapper)
     vm.execute("blockdev-add", node)
     err = None
     for command, args in (("blockdev-open-tray", {"id": DEV}),

@@ -19,6 +19,7 @@ from .scenario import matrix
 from .session import (
     EVIDENCE_KEY,
     FAILED_KEY,
+    OUTCOME_KEY,
     SESSION_KEY,
     WORKDIR_KEY,
     QemuBlockSession,
@@ -147,6 +148,12 @@ def pytest_runtest_call(item: pytest.Item) -> Generator[None, object, object]:
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]
                               ) -> Generator[None, pytest.TestReport, pytest.TestReport]:
     rep = yield
+    if rep.failed and OUTCOME_KEY not in item.stash:
+        crash = getattr(rep.longrepr, "reprcrash", None)
+        item.stash[OUTCOME_KEY] = f"failed ({rep.when}): " + (
+            str(getattr(crash, "message", "")) or rep.longreprtext.strip()[-400:])
+    elif rep.skipped and getattr(rep, "wasxfail", None) is not None:
+        item.stash[OUTCOME_KEY] = f"xfailed: {rep.wasxfail}"
     if rep.failed:
         item.stash[FAILED_KEY] = True
         evidence = item.stash.get(EVIDENCE_KEY, None)

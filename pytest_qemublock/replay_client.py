@@ -6,6 +6,7 @@ imports the same :func:`summarize`, :func:`fd_modes` and :func:`lock_ranges`
 to write down what the recorded run saw, so the script compares like with
 like. Requests (tab-separated, ``W`` = the script's temp dir from the env)::
 
+    hello                      is the client up?
     connect PEER PATH          QMP greeting + qmp_capabilities on unix socket PATH
     send PEER JSON             one command; answer: its summary
     sendfd PEER ADDR JSON      bind+listen ADDR (unix:PATH / inet:HOST:PORT), pass it
@@ -180,6 +181,8 @@ def serve() -> None:
 
 def _handle(req: list[str], peers: dict[str, Peer], work: str, timeout: float) -> str:
     op = req[0]
+    if op == "hello":
+        return "ready"
     if op == "connect":
         peers[req[1]] = Peer(req[2], timeout)
         return "connected"

@@ -131,6 +131,7 @@ def render(entries: list[dict[str, Any]], *, case: str, outcome: str, env: Mappi
     scm: dict[str, str] = {}
     last_spawn = ""
     orphan = ""  # a peer journaled before its process (a lent QEMU)
+    deviations: list[str] = []  # what the checks found, for the verdict line
     dirs: set[str] = set()
     uses_eacces = False
 
@@ -150,7 +151,7 @@ def render(entries: list[dict[str, Any]], *, case: str, outcome: str, env: Mappi
             used[e["name"]] = used.get(e["name"], 0) + 1
             name = e["name"] + (f"-{used[e['name']]}" if used[e["name"]] > 1 else "")
             names.pids[str(e["pid"])] = last_spawn = name
-            qmp_fd = {int(fd): f"$W/{name}.qmp" for fd, a in e.get("sockets", {}).items() if a == "pair"}
+            qmp_fd = {int(fd): f"$W/qmp/{name}.sock" for fd, a in e.get("sockets", {}).items() if a == "pair"}
             if not qmp_fd:
                 last_spawn = ""  # a server: no QMP peer follows
             listen = [f"{names.word(names.text(a))}={fd}" for fd, a in e.get("sockets", {}).items()
@@ -167,7 +168,7 @@ def render(entries: list[dict[str, Any]], *, case: str, outcome: str, env: Mappi
                 body.append(f"wait_mntns {name}")
             if orphan and qmp_fd:
                 peers[orphan] = name
-                body.append(f"connect {k(i)} {name} \"$W/{name}.qmp\"")
+                body.append(f"connect {k(i)} {name} \"$W/qmp/{name}.sock\"")
                 orphan = last_spawn = ""
             end = ended.get(e["pid"])
             if qmp_fd and end is not None and not _greeted_any(entries, e, greeted):
@@ -181,7 +182,7 @@ def render(entries: list[dict[str, Any]], *, case: str, outcome: str, env: Mappi
             else:
                 peers[e["label"]] = last_spawn
                 if e["label"] in greeted:
-                    body.append(f"connect {k(i)} {last_spawn} \"$W/{last_spawn}.qmp\"")
+                    body.append(f"connect {k(i)} {last_spawn} \"$W/qmp/{last_spawn}.sock\"")
                 last_spawn = ""
         elif kind == "qmp":
             peer = peers.get(e["peer"], e["peer"])
@@ -230,18 +231,21 @@ def render(entries: list[dict[str, Any]], *, case: str, outcome: str, env: Mappi
         elif kind == "run":
             body.append(f"run {names.argv([str(a) for a in e['argv']])}")
         elif kind == "check":
-            body += ["", f"# ---- check: {e['what']}"]
-            body += _comment("expected: ", e["expected"])
+            observed_text = names.text(e["observed"])
+            body += ["", f"# ---- check: {names.text(e['what'])}"]
+            body += _comment("expected: ", names.text(e["expected"]))
             if e.get("because"):
                 body += _comment("because:  ", e["because"])
-            body += _comment("observed: ", e["observed"])
+            body += _comment("observed: ", observed_text)
             if e.get("problems"):
-                body += _comment("deviation: ", "; ".join(e["problems"]))
+                body += _comment("deviation: ", names.text("; ".join(e["problems"])))
+                deviations.append(f"{names.text(e['what'])}: " + names.text("; ".join(e["problems"])))
             if e.get("bug"):
                 body += _comment("known QEMU bug ", f"{e['bug']}\npredicts: {e.get('predicts')}")
-            body.append(f"say {_q('== check ' + e['what'] + ': the run saw ' + e['observed'])}")
+            body.append(f"say {_q('== check ' + names.text(e['what']) + ': the run saw ' + observed_text)}")
     for path in entries_paths(body):
         dirs.add(path)
+    body += ["", f"verdict {_q('; '.join(deviations) or 'QEMU did what the run observed')}"]
     return _assemble(body, dirs, case=case, outcome=outcome, env=env, eacces=uses_eacces)
 
 
@@ -309,8 +313,10 @@ def _assemble(body: list[str], dirs: set[str], *, case: str, outcome: str,
         head.append(f"export QEMU_MODULE_DIR=${{QEMU_MODULE_DIR-{_q(env['module_dir'])}}}")
     head.append("QMP_TIMEOUT=${QMP_TIMEOUT:-10}")
     head.append('W=$(mktemp -d "${TMPDIR:-/tmp}/qemu-repro.XXXXXX") || exit 2')
+    head.append('mkdir -m 0700 "$W/qmp"  # the QMP sockets')
     if eacces:
-        head.append('chmod 0755 "$W"  # QEMU runs as uid 65534 and must reach the images')
+        head.append('chmod 0755 "$W"  # QEMU runs as uid 65534: it must reach the images')
+        head.append('chown 65534:65534 "$W/qmp"  # and create its QMP socket')
     head.append("export W QMP_TIMEOUT")
     lib = _LIB.read_text(encoding="utf-8")
     client = Path(replay_client.__file__).read_text(encoding="utf-8")
@@ -319,7 +325,7 @@ def _assemble(body: list[str], dirs: set[str], *, case: str, outcome: str,
     return "\n".join([
         *head, "", "# -- the QMP client and /proc reader (python3 stdlib only)",
         "cat >\"$W/replay_client.py\" <<'REPLAY_CLIENT_EOF'", client.rstrip("\n"), "REPLAY_CLIENT_EOF",
-        "", lib.rstrip("\n"), "", "# -- the run, step by step", *mk, *body, "", "verdict", ""])
+        "", lib.rstrip("\n"), "", "# -- the run, step by step", *mk, *body, ""])
 
 
 def write(dest: Path, *, case: str, outcome: str, env: Mapping[str, Any]) -> Path | None:

@@ -1,7 +1,7 @@
 # -- helpers of a generated reproduce.sh (pytest_qemublock/reproduce_lib.sh)
 # Each step is compared with the run: "key" steps decide the verdict, "ctx" steps
 # (those before the deviation) are only reported when they differ.
-DIFFS=() KEY_DIFFS=() PIDS=() CHECKED=0
+DIFFS=() KEY_DIFFS=() PIDS=() CHECKED=0 KEY_CHECKED=0
 declare -A PID
 say() { printf '%s\n' "$*"; }
 setup_error() { say "SETUP ERROR: $*"; exit 2; }
@@ -23,6 +23,8 @@ ulimit -c 0  # an abort must leave no core file
 for prog in python3 setpriv timeout; do
     command -v "$prog" >/dev/null || setup_error "$prog not found"
 done
+# the interpreter itself, not a wrapper script in front of it (pyenv's shims)
+PYTHON=$(python3 -c 'import sys; print(sys.executable)') || setup_error "python3 does not run"
 
 # ask FIELD...: one request to the client (tab-separated), its answer in ANSWER.
 ask() {
@@ -37,6 +39,7 @@ same() {
     local now=${ANSWER#ok }
     [[ $ANSWER == gone* ]] && now=gone  # how the connection broke is not compared
     CHECKED=$((CHECKED + 1))
+    [[ $1 == key ]] && KEY_CHECKED=$((KEY_CHECKED + 1))
     if [[ $now == "$3" ]]; then
         say "   same as in the run: $now"
         return 0
@@ -56,7 +59,7 @@ start() {
     shift
     say "\$ $*"
     if ((${#listen[@]})); then
-        setpriv --pdeathsig KILL -- python3 "$W/replay_client.py" listen "${listen[@]}" -- "$@" \
+        setpriv --pdeathsig KILL -- "$PYTHON" "$W/replay_client.py" listen "${listen[@]}" -- "$@" \
             >"$W/$name.stdout" 2>"$W/$name.stderr" </dev/null &
     else
         setpriv --pdeathsig KILL -- "$@" >"$W/$name.stdout" 2>"$W/$name.stderr" </dev/null &
@@ -130,6 +133,7 @@ tool() {
 # run COMMAND: a set-up step (image, storage); it must work.
 run() { say "\$ $*"; timeout -k 5 60 "$@" || setup_error "set-up step failed: $*"; }
 
+# verdict DEVIATION: the last line (the run's deviation, for REPRODUCED).
 verdict() {
     local d
     for d in "${DIFFS[@]}"; do
@@ -140,9 +144,11 @@ verdict() {
         say "NOT REPRODUCED: ${KEY_DIFFS[*]}"
         exit 1
     fi
-    say "REPRODUCED: QEMU did what the run observed at all $CHECKED compared steps${DIFFS[*]:+ (some earlier steps differ, see the notes)}"
+    say "REPRODUCED: $1 (QEMU did as in the run at all $KEY_CHECKED steps of the deviation${DIFFS[*]:+; some earlier steps differ, see the notes})"
     exit 0
 }
 
-coproc REPLAY { exec python3 "$W/replay_client.py"; }
+coproc REPLAY { exec "$PYTHON" "$W/replay_client.py"; }
 REPLAY_PID=$REPLAY_PID
+ask hello
+[[ $ANSWER == "ok ready" ]] || setup_error "the replay client does not work: $ANSWER"

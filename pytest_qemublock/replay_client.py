@@ -197,7 +197,7 @@ def _handle(req: list[str], peers: dict[str, Peer], work: str, timeout: float) -
         return summarize(command, reply, work)
     if op == "event":
         ev = peers[req[1]].event(req[2], req[3] if len(req) > 3 else "")
-        return ev["event"]
+        return str(ev["event"])
     if op == "fds":
         return fd_modes(int(req[1]), req[2])
     if op == "locks":

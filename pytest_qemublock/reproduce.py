@@ -85,9 +85,10 @@ class _Names:
             if prev == "-t" and token in self.pids:
                 out.append(f'"${{PID[{self.pids[token]}]}}"')
             else:
+                word = token
                 for fd, path in (qmp_fd or {}).items():
-                    token = re.sub(rf"\bfd={fd}\b", f"path={path},server=on,wait=off", token)
-                out.append(self.word(token))
+                    word = re.sub(rf"\bfd={fd}\b", f"path={path},server=on,wait=off", word)
+                out.append(self.word(word))
             prev = token
         return " ".join(out)
 
@@ -193,7 +194,8 @@ def render(entries: list[dict[str, Any]], *, case: str, outcome: str, env: Mappi
                 scm[peer] = names.text(str(msg.get("socket") or ""))
             elif e["dir"] == ">" and "execute" in msg:
                 for ev in pending.pop(peer, []):
-                    status = ev.get("data", {}).get("status", "") if ev["event"] == "JOB_STATUS_CHANGE" else ""
+                    job = ev["event"] == "JOB_STATUS_CHANGE"
+                    status = ev.get("data", {}).get("status", "") if job else ""
                     body.append(f"event {k(i)} {peer} {ev['event']} {status}".rstrip())
                 reply = _reply(entries, i, e["peer"])
                 text = json.dumps(msg)
@@ -317,6 +319,9 @@ def _assemble(body: list[str], dirs: set[str], *, case: str, outcome: str,
     if eacces:
         head.append('chmod 0755 "$W"  # QEMU runs as uid 65534: it must reach the images')
         head.append('chown 65534:65534 "$W/qmp"  # and create its QMP socket')
+        head.append('setpriv --reuid=65534 --regid=65534 --clear-groups -- test -x "$W" ||')
+        head.append('    { echo "SETUP ERROR: uid 65534 cannot reach $W (TMPDIR must be world-searchable)"; '
+                    'rm -rf "$W"; exit 2; }')
     head.append("export W QMP_TIMEOUT")
     lib = _LIB.read_text(encoding="utf-8")
     client = Path(replay_client.__file__).read_text(encoding="utf-8")

@@ -338,8 +338,14 @@ def write(dest: Path, *, case: str, outcome: str, env: Mapping[str, Any]) -> Pat
     journal = dest / "replay.jsonl"
     if not journal.exists():
         return None
-    entries = [json.loads(line) for line in journal.read_text(encoding="utf-8").splitlines() if line]
     path = dest / SCRIPT
-    path.write_text(render(entries, case=case, outcome=outcome, env=env), encoding="utf-8")
+    try:
+        entries = [json.loads(line) for line in journal.read_text(encoding="utf-8").splitlines() if line]
+        text = render(entries, case=case, outcome=outcome, env=env)
+    except Exception as e:  # noqa: BLE001 - the case's own outcome must stand whatever this does
+        why = f"{type(e).__name__}: {e}"
+        text = ("#!/bin/bash\n# pytest-qemublock could not make this case's reproducer from replay.jsonl\n"
+                f"echo {_q('SETUP ERROR: no reproducer: ' + why)}\nexit 2\n")
+    path.write_text(text, encoding="utf-8")
     path.chmod(0o755)
     return path

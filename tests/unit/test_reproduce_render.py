@@ -2,8 +2,10 @@
 sockets, the steps the verdict rests on), and the reply summaries both sides share."""
 from __future__ import annotations
 
+import subprocess
+
 from pytest_qemublock.replay_client import summarize
-from pytest_qemublock.reproduce import ended_text, render
+from pytest_qemublock.reproduce import ended_text, render, write
 
 RUN = "/dev/shm/qb-main-abc"
 QEMU = "/opt/q/bin/qemu-system-x86_64"
@@ -78,3 +80,13 @@ def test_replies_and_ends_are_summarized_alike():
     assert summarize("human-monitor-command", {"return": "err\r\n"}) == 'return "err"'
     end = ended_text(-6, "warning\nqemu: Assertion `x' failed.\n")
     assert end == "killed by SIGABRT: qemu: Assertion `x' failed."
+
+
+def test_a_journal_that_cannot_be_read_gives_a_script_that_says_so(tmp_path):
+    # a journal cut short (the process died mid-line) must not turn the case's outcome into an error
+    (tmp_path / "replay.jsonl").write_text('{"kind": "spawn", "name"\n')
+    script = write(tmp_path, case="c", outcome="failed", env=ENV)
+    assert script is not None
+    res = subprocess.run(["bash", str(script)], check=False, capture_output=True, text=True, timeout=20)
+    assert res.returncode == 2
+    assert res.stdout.startswith("SETUP ERROR: no reproducer: JSONDecodeError: ")

@@ -1,7 +1,9 @@
 """Per-test evidence: command lines, process output, QMP transcripts.
 
 Everything is written while the test runs into its work directory, so even a
-hard crash leaves files behind. When the test fails (or with
+hard crash leaves files behind. ``replay.jsonl`` keeps, in the order they
+happened, the processes started, the tools run, every QMP message, what was
+observed through ``/proc`` and the checks, for ``reproduce.py``. When the test fails (or with
 ``--qb-evidence=all``) the logs are copied to ``<evidence-dir>/<test>/`` and a
 short excerpt goes into the pytest report; :meth:`TestEvidence.record` is the same
 evidence as data, for the results file and the HTML report (``docs/report.md``).
@@ -27,12 +29,40 @@ def safe_name(nodeid: str, limit: int = 120) -> str:
     return name[:limit]
 
 
+class Journal:
+    """Everything a case did, in order, as JSON lines (``replay.jsonl``)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def add(self, kind: str, **data: Any) -> None:
+        # Opened per entry: processes lent to another test write into its journal.
+        # Never raises: an entry that cannot be written (the owner's work dir already
+        # removed, e.g. a shared QEMU quitting at module end) must not change what the
+        # test does; a QMP "quit" lost this way cost a 20 s stop per shared QEMU.
+        try:
+            with open(self.path, "a", encoding="utf-8") as f:
+                f.write(json.dumps({"kind": kind, **data}, default=str) + "\n")
+        except OSError:
+            pass
+
+    def extend(self, other: Journal) -> None:
+        """Take in what *other* journaled so far (a shared target's making, lent to a test)."""
+        try:
+            lines = other.path.read_text(encoding="utf-8").splitlines(keepends=True)
+        except OSError:
+            return
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.writelines(line for line in lines if '"kind": "ended"' not in line)
+
+
 class Transcript:
     """Every QMP message in both directions, as JSON lines with timestamps."""
 
-    def __init__(self, path: Path, label: str) -> None:
+    def __init__(self, path: Path, label: str, journal: Journal | None = None) -> None:
         self.path = path
         self.label = label
+        self.journal = journal
         self._t0 = time.monotonic()
         self._file = open(path, "a", encoding="utf-8")
 
@@ -45,6 +75,13 @@ class Transcript:
         }
         self._file.write(json.dumps(entry, default=str) + "\n")
         self._file.flush()
+        if self.journal is not None:
+            self.journal.add("qmp", peer=self.label, dir=direction, msg=message)
+
+    def note(self, kind: str, **data: Any) -> None:
+        """Journal something observed of this QMP peer's process (fd modes, locks)."""
+        if self.journal is not None:
+            self.journal.add(kind, peer=self.label, **data)
 
     def close(self) -> None:
         self._file.close()
@@ -67,6 +104,9 @@ class TestEvidence:
         self.snapshot_files: list[Path] = []
         #: the outcome checks that did not go as expected (see :meth:`finding`)
         self.findings: list[dict[str, Any]] = []
+        self.journal = Journal(self.log_dir / "replay.jsonl")
+        #: for reproduce.py: the run's directories (-> script variables) and binaries
+        self.replay_env: dict[str, Any] = {}
 
     def add_process(self, proc: ManagedProcess) -> None:
         if proc in self.processes:
@@ -74,6 +114,8 @@ class TestEvidence:
         self.processes.append(proc)
         with open(self.log_dir / "commands.txt", "a", encoding="utf-8") as f:
             f.write(f"# {proc.name} (pid {proc.pid})\n{proc.command_line()}\n\n")
+        self.journal.add("spawn", name=proc.name, pid=proc.pid, argv=proc.argv, env=proc.env_delta,
+                         sockets=proc.sockets)
 
     def transcript(self, label: str) -> Transcript:
         path = self.log_dir / f"qmp-{label}.jsonl"
@@ -82,7 +124,9 @@ class TestEvidence:
             n += 1
             path = self.log_dir / f"qmp-{label}-{n}.jsonl"
         self.transcripts.append(path)
-        return Transcript(path, label)
+        peer = label if n == 1 else f"{label}-{n}"
+        self.journal.add("peer", label=peer)  # the QMP peer of the process spawned last
+        return Transcript(path, peer, self.journal)
 
     def note(self, **facts: Any) -> None:
         """Record facts (build, backend, options...) shown on failure and in JUnit."""
@@ -169,6 +213,9 @@ class TestEvidence:
 
     def keep(self, dest: Path) -> Path:
         """Copy the logs to *dest* (replacing an older copy)."""
+        for proc in self.processes:  # how each one ended, for the replay's verdict
+            self.journal.add("ended", name=proc.name, pid=proc.pid, status=proc.returncode,
+                             stderr=proc.stderr_text(4000))
         if dest.exists():
             shutil.rmtree(dest, ignore_errors=True)
         dest.parent.mkdir(parents=True, exist_ok=True)

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
+from . import reproduce
 from .evidence import TestEvidence, safe_name
 from .host.journal import StateDirError
 from .qemu import build as build_mod
@@ -22,6 +23,7 @@ from .qemu.probing import ProbeError
 from .session import (
     EVIDENCE_KEY,
     FAILED_KEY,
+    OUTCOME_KEY,
     SESSION_KEY,
     WORKDIR_KEY,
     QemuBlockSession,
@@ -84,8 +86,11 @@ def qb_evidence(request: pytest.FixtureRequest, qb_session: QemuBlockSession) ->
     yield evidence
     settings = qb_session.settings
     failed = request.node.stash.get(FAILED_KEY, False)
-    if settings.retention == "all" or (failed and settings.retention == "failed"):
-        evidence.keep(qb_session.evidence_root() / safe_name(request.node.nodeid))
+    outcome = request.node.stash.get(OUTCOME_KEY, "failed" if failed else "")
+    if settings.retention == "all" or (outcome and settings.retention == "failed"):
+        dest = evidence.keep(qb_session.evidence_root() / safe_name(request.node.nodeid))
+        if outcome:  # a failure or a known bug (xfail): how to show it with plain QEMU
+            reproduce.write(dest, case=request.node.nodeid, outcome=outcome, env=evidence.replay_env)
     if not settings.keep_workdirs:
         request.node.stash[WORKDIR_KEY] = workdir
 
@@ -97,10 +102,26 @@ def qb_context(request: pytest.FixtureRequest, qemu_build: build_mod.QemuBuild, 
     timeouts, work and socket directories. Its :class:`~.qemu.crashes.CrashWatch`
     fails the test for any death of the build's processes (plugin.py, outcome checks)."""
     watch = crashes.CrashWatch(qemu_build, qb_evidence)
+    qb_evidence.replay_env.update(_replay_env(qb_session, qemu_build))
     request.node.stash[crashes.WATCH_KEY] = watch
     with crashes.watching(watch):
         yield RunContext(qemu_build, qemu_caps, qb_session.registry, qb_evidence,
                          qb_session.timeouts, qb_session.sockdir)
+
+
+def _replay_env(session: QemuBlockSession, build: build_mod.QemuBuild) -> dict[str, object]:
+    """What reproduce.py turns into script variables: the run's directories and the build."""
+    roots = {str(session.root): "$W"}
+    if not str(session.sockdir).startswith(str(session.root) + "/"):
+        roots[str(session.sockdir)] = "$W/s"
+    specs = [spec for spec in build_mod.BINARIES if build.has(spec.role)]
+    args = build.system_args
+    return {"roots": roots,
+            "programs": {str(build.path(s.role)): s.env for s in specs},
+            "program_defaults": {s.env: str(build.path(s.role)) for s in specs},
+            "data_dir": args[args.index("-L") + 1] if "-L" in args else "",
+            "module_dir": build.env.get("QEMU_MODULE_DIR", ""),
+            "build": f"{build.name}: QEMU {build.version_str}"}
 
 
 @pytest.fixture

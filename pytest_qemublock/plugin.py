@@ -18,6 +18,7 @@ from .scenario import matrix, shards
 from .session import (
     EVIDENCE_KEY,
     FAILED_KEY,
+    OUTCOME_KEY,
     SESSION_KEY,
     WORKDIR_KEY,
     QemuBlockSession,
@@ -164,6 +165,12 @@ def pytest_runtest_call(item: pytest.Item) -> Generator[None, object, object]:
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]
                               ) -> Generator[None, pytest.TestReport, pytest.TestReport]:
     rep = yield
+    if rep.failed and OUTCOME_KEY not in item.stash:
+        crash = getattr(rep.longrepr, "reprcrash", None)
+        item.stash[OUTCOME_KEY] = f"failed ({rep.when}): " + (
+            str(getattr(crash, "message", "")) or rep.longreprtext.strip()[-400:])
+    elif rep.skipped and getattr(rep, "wasxfail", None) is not None:
+        item.stash[OUTCOME_KEY] = f"xfailed: {rep.wasxfail}"
     xfailed = rep.skipped and hasattr(rep, "wasxfail")
     if rep.failed:
         item.stash[FAILED_KEY] = True
@@ -172,7 +179,8 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]
         evidence.take_snapshots()
         session = item.config.stash[SESSION_KEY]
         retention = session.settings.retention
-        kept = retention == "all" or (retention == "failed" and rep.failed)
+        # kept by the qb_evidence fixture for failed and known-bug cases (with reproduce.sh)
+        kept = retention == "all" or (retention == "failed" and (rep.failed or xfailed))
         dest = session.settings.evidence_dir / safe_name(item.nodeid)
         # travels to the xdist controller with the report; reporting/ reads it
         rep.qb_evidence = evidence.record(dest if kept else None)  # type: ignore[attr-defined]

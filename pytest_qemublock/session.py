@@ -32,6 +32,8 @@ from .qemu.instance import Timeouts
 SESSION_KEY = pytest.StashKey["QemuBlockSession"]()
 EVIDENCE_KEY = pytest.StashKey[TestEvidence]()
 FAILED_KEY = pytest.StashKey[bool]()
+#: "failed: <message>" or "xfailed: <reason>", for the case's reproducer (reproduce.py)
+OUTCOME_KEY = pytest.StashKey[str]()
 WORKDIR_KEY = pytest.StashKey[Path]()  # removed once the teardown report is made
 
 # AF_UNIX paths are limited to 108 bytes; leave room for socket names.

@@ -90,6 +90,7 @@ class TargetPool:
                 owner.close()
                 raise
             entry = self._entries[key] = _Shared(owner, target)
+        prov.server_ctx.evidence.journal.extend(entry.owner.server_ctx.evidence.journal)
         for proc in entry.owner.server_ctx.evidence.processes:
             prov.server_ctx.evidence.add_process(proc)
         return entry.target

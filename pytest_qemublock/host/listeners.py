@@ -156,3 +156,23 @@ def socket_activation(argv: list[str], fd: int) -> list[str]:
     script = f'{move}LISTEN_PID=$$ LISTEN_FDS=1 exec "$@"'
     # bash, not dash: dash cannot redirect file descriptors above 9
     return ["bash", "-c", script, "bash", *argv]
+
+
+def socket_address(fd: int) -> str | None:
+    """What socket *fd* is, for the evidence: ``unix:PATH`` / ``inet:HOST:PORT`` (a bound
+    socket), ``pair`` (an unnamed unix socket: QMP's socketpair), None if not a socket."""
+    try:
+        s = socket.socket(fileno=os.dup(fd))
+    except OSError:
+        return None
+    with s:
+        try:
+            name = s.getsockname()
+        except OSError:
+            return None
+        if s.family == socket.AF_UNIX:
+            path = name.decode(errors="replace") if isinstance(name, bytes) else name
+            return f"unix:{path}" if path else "pair"
+        if s.family in (socket.AF_INET, socket.AF_INET6):
+            return f"inet:{name[0]}:{name[1]}"
+    return None

@@ -36,6 +36,7 @@ from .commands import format_argv as format_argv
 from .commands import popen_args
 from .commands import run as run
 from .journal import RUN_ENV, StateDir, StateJournal, new_token
+from .listeners import socket_address
 from .procfs import start_ticks
 from .started import STARTED as STARTED
 from .started import StartCounter as StartCounter
@@ -59,6 +60,8 @@ class ManagedProcess:
     died_unasked: bool = False
     #: why its death is accounted for (expected, refused start-up, already reported)
     death_noted: str = ""
+    #: inherited fd -> the socket it is (``listeners.socket_address``), for the evidence
+    sockets: dict[int, str] = field(default_factory=dict)
     #: the registry that started it; told once the process is reaped
     registry: ProcessRegistry | None = field(default=None, repr=False, compare=False)
 
@@ -255,6 +258,7 @@ class ProcessRegistry:
         (``nsenter ... -- qemu-system-x86_64``); default: ``argv[0]``'s basename.
         """
         argv = [str(a) for a in argv]
+        pass_fds = tuple(pass_fds)
         with self._lock:
             self._counter += 1
             seq = self._counter
@@ -270,12 +274,13 @@ class ProcessRegistry:
                 with sandbox.ours():  # the run's own: into its sandbox, if there is one
                     popen = subprocess.Popen(  # type: ignore[call-overload]
                         run_argv, stdin=stdin, stdout=out, stderr=err, env=full_env, cwd=cwd,
-                        pass_fds=tuple(pass_fds), close_fds=True, **how)
+                        pass_fds=pass_fds, close_fds=True, **how)
             except OSError as e:
                 raise ProcessError(f"cannot start {name}: {e.strerror}: {format_argv(argv)}") from None
         STARTED.note(program_of(argv, program))
+        sockets = {fd: addr for fd in pass_fds if (addr := socket_address(fd)) is not None}
         proc = ManagedProcess(name, argv, popen, out_path, err_path, env_delta,
-                              start_ticks=start_ticks(popen.pid), registry=self)
+                              start_ticks=start_ticks(popen.pid), sockets=sockets, registry=self)
         with self._lock:
             self._procs.append(proc)
         self._write_state()

@@ -19,6 +19,7 @@ from qemu.qmp.protocol import Runstate
 
 from ..errors import QemuBlockError
 from ..evidence import Transcript
+from ..host.listeners import socket_address
 
 
 class QmpTimeout(QemuBlockError):
@@ -150,7 +151,8 @@ class QmpSession:
     def pass_fd(self, fd: int, fdname: str, timeout: float | None = None) -> None:
         """Hand *fd* to QEMU (SCM_RIGHTS) and name it *fdname* with ``getfd``."""
         self._client.send_fd_scm(fd)
-        self.transcript.record(">", {"scm_rights": fdname})
+        # the socket it is, so that a replay can bind its own (reproduce.py)
+        self.transcript.record(">", {"scm_rights": fdname, "socket": socket_address(fd)})
         self.execute("getfd", {"fdname": fdname}, timeout)
 
     # -- events ------------------------------------------------------------------

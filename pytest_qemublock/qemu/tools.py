@@ -82,6 +82,8 @@ class Tools:
         self.timeouts = ctx.timeouts
         #: where recipe images made by this build are kept for copying (per session)
         self.template_dir = template_dir
+        #: journaled for the replay (not a session template's build: its copies are)
+        self.replayed = True
 
     def run(self, role: str, *args: str | Path, check: bool = True,
             prefix: tuple[str, ...] = ()) -> subprocess.CompletedProcess[str]:
@@ -90,6 +92,8 @@ class Tools:
                   program=self.build.path(role).name)
         with open(self.evidence.log_dir / "tools.log", "a", encoding="utf-8") as f:
             f.write(f"$ {format_argv(argv)}\n-> exit {res.returncode}\n{res.stdout}{res.stderr}\n")
+        if self.replayed:
+            self.evidence.journal.add("tool", argv=argv, rc=res.returncode, stderr=res.stderr[-2000:])
         if res.returncode < 0:  # killed by a signal: a crash, whatever the caller expected
             line = crashes.tool_crash_line(self.build, argv, res.returncode, res.stderr,
                                            f"running {role} {' '.join(map(str, args))[:200]}")

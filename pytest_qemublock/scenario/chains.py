@@ -71,7 +71,7 @@ def state(vm: QemuInstance, chain: Chain, err: QmpError | None = None) -> Outcom
     """ro of the six named nodes, QEMU's fd mode and its lock ranges per layer image."""
     paths = dict(chain.qemu_paths())
     out = _state(vm, NODES, paths, err)
-    out.locks = {layer: image_locks(vm, path) for layer, path in paths.items()}
+    out.locks = {layer: image_locks(vm, path, layer) for layer, path in paths.items()}
     return out
 
 

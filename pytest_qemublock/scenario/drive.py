@@ -70,11 +70,13 @@ def state(vm: QemuInstance, nodes: Iterable[str], images: Mapping[str, Path | No
         named = vm.nodes()
     ro = {n: (bool(named[n]["ro"]) if n in named else None) for n in nodes}
     fds = {label: procfs.fd_modes(vm.pid, path) for label, path in images.items() if path is not None}
+    for label, modes in fds.items():
+        vm.qmp.transcript.note("fds", label=label, path=images[label], value=" ".join(modes) or "none")
     return Outcome(err is None, err.desc if err else "", err.error_class if err else "", ro, fds,
                    detail=detail, vm=vm)
 
 
-def image_locks(vm: QemuInstance, path: str | Path | None) -> list[str]:
+def image_locks(vm: QemuInstance, path: str | Path | None, label: str = IMAGE) -> list[str]:
     """The lock ranges ("100-101") QEMU holds through its fds for the image at *path* (as
     QEMU sees it), from their fdinfo: only QEMU's own locks, every fd's (a second fd
     holding locks shows as repeated ranges); [] without an fd."""
@@ -85,6 +87,8 @@ def image_locks(vm: QemuInstance, path: str | Path | None) -> list[str]:
         end = "EOF" if lk.end is None else lk.end
         text = f"{lk.start}" if lk.start == lk.end else f"{lk.start}-{end}"
         out.append(text + ("" if lk.access == "READ" else f":{lk.access}"))
+    if path is not None:
+        vm.qmp.transcript.note("locks", label=label, path=path, value=" ".join(out) or "none")
     return out
 
 

@@ -222,6 +222,20 @@ def _note(what: str, build: str, problems: list[str], exp: Expect, got: Outcome,
     watch.evidence.finding(**fields)
 
 
+def _journal_check(what: str, exp: Expect, got: Outcome, problems: list[str],
+                   bug: KnownBug | None = None) -> None:
+    """The check of a step, in the evidence's journal: the expected outcome and its rule
+    go into a reproducer's comments, and a step that deviated marks its observations
+    as the ones the reproducer's verdict rests on (reproduce.py)."""
+    watch = crashes.current()
+    if watch is None:
+        return
+    watch.evidence.journal.add(
+        "check", what=what, expected=exp.describe(), because=exp.because, observed=got.describe(),
+        problems=problems, bug=None if bug is None else bug.reason,
+        predicts=None if bug is None else bug.deviation.describe())
+
+
 def _message(what: str, build: str, context: str, problems: list[str], exp: Expect, got: Outcome) -> str:
     where = f"build {build}" + (f"; {context}" if context else "")
     return (f"{what} [{where}]: " + "; ".join(problems) + "\n"
@@ -237,6 +251,7 @@ def check(exp: Expect, got: Outcome, *, what: str, build: str, context: str = ""
         raise ValueError(f"{what}: the expectation carries known bug {exp.bug.id}: use CaseCheck")
     crashes.fail_now(f"at {what}")  # a dead QEMU says so, not "fd modes none"
     problems = mismatches(exp, got)
+    _journal_check(what, exp, got, problems)
     if problems:
         _note(what, build, problems, exp, got, verdict="failed")
         raise AssertionError(_message(what, build, context, problems, exp, got))
@@ -268,6 +283,7 @@ class CaseCheck:
         """Check one step; True if it showed its known bug (then follow the buggy timeline)."""
         problems = mismatches(exp, got)
         bug = exp.bug if self.active(exp.bug) else None
+        _journal_check(what, exp, got, problems, bug)
         watch = crashes.current()
         if watch is not None:
             if bug is not None and bug.deviation.abort is not None and matches_prediction(exp, bug, got):

@@ -118,6 +118,7 @@ class ImageFactory:
         if not (tdir / ".complete").exists():
             tdir.mkdir(parents=True, exist_ok=True)
             plain = Tools(self.tools.ctx)
+            plain.replayed = False  # a session's template: the replay makes each copy instead
             ImageFactory(plain, tdir)._build_recipe(recipe, recipe)
             (tdir / ".complete").touch()
         template = ImageFactory(self.tools, tdir)._describe(recipe, recipe)
@@ -129,6 +130,7 @@ class ImageFactory:
                                              copies.get(layer.backing.path) if layer.backing else None,
                                              list(layer.patterns))
             img.created_sha256 = img.sha256()
+            self._journal_copy(img)
         if template.backing is not None and base != recipe:
             # The relative backing names in the headers are the template's; rename them.
             for img in copies.values():
@@ -137,6 +139,17 @@ class ImageFactory:
                                    "-F", img.backing.fmt, img.path)
                     img.created_sha256 = img.sha256()
         return copies[template.path]
+
+    def _journal_copy(self, img: Image) -> None:
+        """The qemu-img / qemu-io commands that make *img* as its template was made."""
+        args: list[str] = ["create", "-q", "-f", img.fmt]
+        if img.backing is not None:
+            args += ["-b", img.backing.path.name, "-F", img.backing.fmt]
+        commands = [[str(self.tools.build.path("img")), *args, str(img.path), img.size]]
+        commands += [[str(self.tools.build.path("io")), "-f", img.fmt, "-c", f"write {p.io_args()}",
+                      str(img.path)] for p in img.patterns]
+        for argv in commands:
+            self.tools.evidence.journal.add("tool", argv=argv, rc=0, stderr="", made="from a template")
 
     def _describe(self, recipe: str, base: str) -> Image:
         """The Image objects of a recipe already built under *base* (no qemu-img runs)."""

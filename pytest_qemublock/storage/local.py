@@ -20,7 +20,9 @@ import functools
 import os
 import shutil
 import stat
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from ..errors import QemuBlockError
 from ..host.process import ManagedProcess, run
@@ -81,11 +83,14 @@ class Storage:
     #: strerror QEMU reports when this storage refuses a read-write open
     error_text: str | None = None
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, journal: Callable[..., None] | None = None) -> None:
         self.directory = workdir / "data"
         self.directory.mkdir(parents=True, exist_ok=True)
         os.chmod(self.directory, 0o755)
         self.readonly = False
+        #: the test's evidence journal: the replay repeats what the storage did (reproduce.py)
+        self.journal: Callable[..., None] = journal or _no_journal
+        self.journal("storage", storage=self.kind, directory=self.directory)
 
     @property
     def wrapper(self) -> Wrapper:
@@ -124,13 +129,15 @@ class ErofsStorage(Storage):
     error_text = "Read-only file system"
 
     def __init__(self, workdir: Path, ctx: RunContext) -> None:
-        super().__init__(workdir)
+        super().__init__(workdir, ctx.evidence.journal.add)
         self.timeouts = ctx.timeouts
         self.mountpoint = workdir / "ro"
         self.mountpoint.mkdir(exist_ok=True)
         self.holder: ManagedProcess = ctx.registry.spawn(
             [*_unshare_mount(), "--", "sleep", "infinity"],
             name="mntns-holder", log_dir=ctx.evidence.log_dir, program="sleep")
+        self.journal("spawn", name="mntns-holder", pid=self.holder.pid, argv=self.holder.argv, env={},
+                     sockets={}, mountpoint=self.mountpoint)
         self._ns("mount", "--bind", self.directory, self.mountpoint)
         self.make_readonly()
 
@@ -139,6 +146,7 @@ class ErofsStorage(Storage):
         # spawn; nsenter into the host namespace would be a silent disaster,
         # so compare namespace ids first.
         self._wait_for_namespace()
+        self.journal("run", argv=[*_nsenter(self.holder.pid), *map(str, args)])
         run([*_nsenter(self.holder.pid), *map(str, args)],
             timeout=self.timeouts.tool, check=True, program=os.path.basename(str(args[0])))
 
@@ -184,8 +192,8 @@ class EaccesStorage(Storage):
     kind = "eacces"
     error_text = "Permission denied"
 
-    def __init__(self, workdir: Path) -> None:
-        super().__init__(workdir)
+    def __init__(self, workdir: Path, journal: Callable[..., None] | None = None) -> None:
+        super().__init__(workdir, journal)
         reason = unprivileged_cannot_reach(self.directory)
         if reason:
             raise StorageUnavailable(reason)
@@ -198,7 +206,7 @@ class EaccesStorage(Storage):
     def _chmod_all(self, mode: int) -> None:
         for p in self.directory.iterdir():
             if p.is_file():
-                _set_mode(p, mode)
+                _set_mode(p, mode, self.journal)
 
     def make_readonly(self) -> None:
         self._chmod_all(0o444)
@@ -210,15 +218,21 @@ class EaccesStorage(Storage):
 
     def protect(self, path: Path) -> None:
         """Apply the current mode to a file created after the last flip."""
-        _set_mode(path, 0o444 if self.readonly else 0o644)
+        _set_mode(path, 0o444 if self.readonly else 0o644, self.journal)
 
 
-def _set_mode(path: Path, mode: int) -> None:
+def _no_journal(kind: str, **data: Any) -> None:
+    pass
+
+
+def _set_mode(path: Path, mode: int, journal: Callable[..., None] = _no_journal) -> None:
     # Writable for the unprivileged QEMU as its owner, not for everyone (0666):
     # 0444 refuses its O_RDWR open all the same, owner or not.
     if mode & 0o200 and _host_root():
         os.chown(path, UNPRIVILEGED, UNPRIVILEGED)
+        journal("run", argv=["chown", f"{UNPRIVILEGED}:{UNPRIVILEGED}", path])
     os.chmod(path, mode)
+    journal("run", argv=["chmod", f"{mode:04o}", path])
 
 
 def qemu_socket_dir(path: Path) -> Path:
@@ -313,8 +327,8 @@ def make_storage(kind: str, ctx: RunContext) -> Storage:
     if kind == "erofs":
         return ErofsStorage(workdir, ctx)
     if kind == "eacces":
-        return EaccesStorage(workdir)
-    return Storage(workdir)
+        return EaccesStorage(workdir, ctx.evidence.journal.add)
+    return Storage(workdir, ctx.evidence.journal.add)
 
 
 def is_world_traversable(path: Path) -> bool:

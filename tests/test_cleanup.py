@@ -209,15 +209,22 @@ def test_interrupted_session_leaves_nothing(inner, monkeypatch, sig, wait):
     assert os.listdir(inner.basetemp) == [], "the work dir is removed on interrupt too"
 
 
-def test_sigkilled_pytest_takes_qemu_down(inner, monkeypatch):
+@pytest.mark.parametrize("sandbox", ["sandbox", "no-sandbox"])
+def test_sigkilled_pytest_takes_qemu_down(inner, monkeypatch, sandbox):
+    """In the sandbox the kernel kills QEMU with the PID namespace's init (QEMU has no
+    death signal of its own there); without one, QEMU's death signal does."""
+    if sandbox == "no-sandbox":
+        monkeypatch.setenv("QB_SANDBOX", "off")
     proc, qemu_pid = _start_sleeper(inner, monkeypatch)
+    in_sandbox = os.readlink(f"/proc/{qemu_pid}/ns/pid") != os.readlink("/proc/self/ns/pid")
+    assert in_sandbox == (sandbox == "sandbox" and os.geteuid() == 0), inner.output()
     state_dir = inner.path / "tmp" / f"qemublock-{os.getuid()}-procs"
     recorded = parse_journal((state_dir / f"{proc.pid}.procs.jsonl").read_text())
     assert recorded.owner == proc.pid and qemu_pid in recorded.live, recorded  # for the next run
 
     proc.kill()
     proc.wait(10)
-    # PR_SET_PDEATHSIG: no cleanup code ran in pytest, yet QEMU dies with it
+    # no cleanup code ran in pytest, yet QEMU dies with it
     survivors = wait_gone(inner.token, timeout=5.0)
 
     # The next run (same TMPDIR) finds the state file, reaps whatever survived

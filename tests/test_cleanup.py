@@ -324,6 +324,7 @@ def test_fails(qemu, images, qb_session):
 '''
 
 
+@pytest.mark.own_probe  # both workers must share one probe of their own
 def test_xdist_two_workers(inner, monkeypatch):
     records = inner.path / "records"
     monkeypatch.setenv("QB_MARKER", str(records))

@@ -9,9 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from helpers import REAL, SUITE_TEST, link_dir, write_script
+from helpers import PROBE_DIR, REAL, SUITE_TEST, link_dir, write_script
 
-PROBE_DIR = ".pytest_cache/d/qemublock"
+#: these count the probe's launches: every inner run starts without a probe
+pytestmark = pytest.mark.own_probe
 
 DUMP_SUITE = '''
 import dataclasses, json, os

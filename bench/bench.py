@@ -21,7 +21,8 @@ Measures, in one run:
   CPU time (user + system) of each run with every process it started, per case;
 * the parallel efficiency: the ``-n 2`` wall time divided by (cases x bare cycle). One
   QEMU launch per case on 2 cores bounds it near 0.5;
-* with ``--project-tests``, the wall time of the project's own tests at ``-n 2``.
+* with ``--project-tests``, the wall time of the project's own tests at ``-n 2`` (a plain
+  run: without the ``slow`` ones).
 
 Writes everything to ``bench/results.json`` (``--out``) and prints a table.
 

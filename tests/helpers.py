@@ -47,6 +47,8 @@ FILENAME = {spec.role: spec.filename for spec in BINARIES}
 
 #: inner runs: no plugin that reorders tests
 BASE_ARGS = ("-p", "no:randomly", "-p", "no:random_order")
+#: where an inner run keeps its probe files (its rootdir's cache)
+PROBE_DIR = ".pytest_cache/d/qemublock"
 
 SUITE_TEST = '''
 import json
@@ -144,6 +146,11 @@ class InnerRun:
     def run(self, *args: str, timeout: float = 120, basetemp: bool = True) -> pytest.RunResult:
         return self.pytester.runpytest_subprocess(*self.args(*args, basetemp=basetemp),
                                                   timeout=timeout)
+
+    def run_inprocess(self, *args: str) -> pytest.RunResult:
+        """A run in this process: for runs that end at start-up (bad input), where a
+        subprocess's start (Python, pytest, the plugin: ~0.5 s) was most of the cost."""
+        return self.pytester.runpytest_inprocess(*self.args(*args))
 
     def popen(self, *args: str) -> subprocess.Popen[str]:
         """Start ``python -m pytest`` without waiting (for signal tests).

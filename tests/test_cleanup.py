@@ -185,16 +185,20 @@ def _start_sleeper(inner, monkeypatch, *args: str) -> tuple[subprocess.Popen[str
 
 
 @pytest.mark.parametrize("sig, wait", [(signal.SIGINT, "sleep"), (signal.SIGTERM, "sleep"),
-                                       (signal.SIGTERM, "qmp")],
-                         ids=["SIGINT", "SIGTERM", "SIGTERM-in-QMP-wait"])
+                                       (signal.SIGTERM, "qmp"), (signal.SIGINT, "qmp")],
+                         ids=["SIGINT", "SIGTERM", "SIGTERM-in-QMP-wait", "SIGINT-in-QMP-wait"])
 def test_interrupted_session_leaves_nothing(inner, monkeypatch, sig, wait):
+    """Interrupted, a run stops its QEMUs without waiting on a QMP session the interrupt
+    broke: a quit nobody answers waited out the 10 s shutdown timeout."""
     monkeypatch.setenv("QB_WAIT", wait)
     proc, qemu_pid = _start_sleeper(inner, monkeypatch)
     if wait == "qmp":
         time.sleep(0.5)  # into the event wait, on qmp.py's event loop
 
     proc.send_signal(sig)
+    t0 = time.monotonic()
     rc = proc.wait(30)
+    stopping = time.monotonic() - t0
 
     out = inner.output()
     assert rc == pytest.ExitCode.INTERRUPTED, out
@@ -205,19 +209,27 @@ def test_interrupted_session_leaves_nothing(inner, monkeypatch, sig, wait):
              if any(s in line for s in ("no running event loop", "Task was destroyed",
                                         "never awaited", "Exception ignored"))]
     assert noise == [], out
+    assert stopping < 8, f"the interrupted run took {stopping:.1f}s to stop:\n{out}"
     assert_no_leak(inner, timeout=0.5)
     assert os.listdir(inner.basetemp) == [], "the work dir is removed on interrupt too"
 
 
-def test_sigkilled_pytest_takes_qemu_down(inner, monkeypatch):
+@pytest.mark.parametrize("sandbox", ["sandbox", "no-sandbox"])
+def test_sigkilled_pytest_takes_qemu_down(inner, monkeypatch, sandbox):
+    """In the sandbox the kernel kills QEMU with the PID namespace's init (QEMU has no
+    death signal of its own there); without one, QEMU's death signal does."""
+    if sandbox == "no-sandbox":
+        monkeypatch.setenv("QB_SANDBOX", "off")
     proc, qemu_pid = _start_sleeper(inner, monkeypatch)
+    in_sandbox = os.readlink(f"/proc/{qemu_pid}/ns/pid") != os.readlink("/proc/self/ns/pid")
+    assert in_sandbox == (sandbox == "sandbox" and os.geteuid() == 0), inner.output()
     state_dir = inner.path / "tmp" / f"qemublock-{os.getuid()}-procs"
     recorded = parse_journal((state_dir / f"{proc.pid}.procs.jsonl").read_text())
     assert recorded.owner == proc.pid and qemu_pid in recorded.live, recorded  # for the next run
 
     proc.kill()
     proc.wait(10)
-    # PR_SET_PDEATHSIG: no cleanup code ran in pytest, yet QEMU dies with it
+    # no cleanup code ran in pytest, yet QEMU dies with it
     survivors = wait_gone(inner.token, timeout=5.0)
 
     # The next run (same TMPDIR) finds the state file, reaps whatever survived
@@ -317,6 +329,7 @@ def test_fails(qemu, images, qb_session):
 '''
 
 
+@pytest.mark.own_probe  # both workers must share one probe of their own
 def test_xdist_two_workers(inner, monkeypatch):
     records = inner.path / "records"
     monkeypatch.setenv("QB_MARKER", str(records))

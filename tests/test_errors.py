@@ -228,10 +228,13 @@ def _param(case: object) -> object:
 def test_bad_input_is_one_line_usage_error(inner, monkeypatch, setup, expected):
     if not (inner.path / "pytest.ini").exists():
         inner.ini()  # qemublock = true: validate at start-up even without options
+    tmpdir = os.environ.get("TMPDIR")
     args = setup(inner.path, monkeypatch) if callable(setup) else setup
     inner.suite()
 
-    r = inner.run(*args)
+    # In this process, but not with a TMPDIR of its own: tempfile keeps the first one per process
+    fresh = os.environ.get("TMPDIR") != tmpdir
+    r = inner.run(*args) if fresh else inner.run_inprocess(*args)
 
     out, err = r.stdout.str(), r.stderr.str()
     assert r.ret == pytest.ExitCode.USAGE_ERROR, out + err

@@ -55,6 +55,7 @@ BUILD_SKIPS = (
 KNOWN_SKIPS = ROOT_SKIPS + BUILD_SKIPS
 
 pytestmark = [
+    pytest.mark.slow,
     pytest.mark.skipif(os.geteuid() != 0 or not procfs.in_host_user_namespace(),
                        reason="runs pytest as another uid: needs root of the host"),
     pytest.mark.skipif(not os.access(PYTHON, os.X_OK), reason=f"needs {PYTHON} (Debian python3-venv)"),

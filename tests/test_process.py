@@ -105,7 +105,7 @@ def test_spawned_processes_carry_the_run_token(tmp_path):
     reg = ProcessRegistry(token="t0k3n")
     proc = reg.spawn(["sleep", "60"], name="s", log_dir=tmp_path)
     try:
-        # setpriv execs sleep: the pid is sleep's, its environment ours plus the token
+        # the pid is sleep's (setpriv, outside a sandbox, execs it), its environment ours plus the token
         # (until the child's first execve, /proc shows pytest's environment: wait for it)
         deadline = time.monotonic() + 5
         while not carries_token(proc.pid, "t0k3n") and time.monotonic() < deadline:

@@ -20,7 +20,7 @@ import pytest
 
 from helpers import NETWORK_ERROR
 
-pytestmark = pytest.mark.wheel
+pytestmark = [pytest.mark.wheel, pytest.mark.slow]
 
 ROOT = Path(__file__).resolve().parent.parent
 #: what a checkout holds that is not source: never copied into the build tree

@@ -1,8 +1,8 @@
 """Starting a program the way every process of the run is started, and running
 short-lived ones (qemu-img, qemu-io, mount, tgtadm ...) to completion.
 
-Every child gets a process group of its own and a death signal (``setpriv
---pdeathsig``), goes into the run's sandbox if there is one (``sandbox.ours()``)
+Every child gets a process group of its own, goes into the run's sandbox if
+there is one (``sandbox.ours()``; else it gets a death signal: ``setpriv --pdeathsig``)
 and is counted for the report (``started.STARTED``). Long-running processes are
 the :class:`~.process.ProcessRegistry`'s.
 """
@@ -54,15 +54,19 @@ def _setpriv() -> str:
     return found
 
 
-def popen_args(argv: list[str]) -> tuple[list[str], dict[str, object]]:
+def popen_args(argv: list[str], enclosed: bool) -> tuple[list[str], dict[str, object]]:
     """The argv and Popen keywords that start *argv* in a process group of its own,
-    with a death signal so it never outlives a SIGKILLed pytest.
+    so that it never outlives a SIGKILLed pytest.
 
-    A ``preexec_fn`` forces ``fork()`` of the whole pytest process (~5 ms for a
+    *enclosed* (it starts in the run's sandbox, :func:`.sandbox.ours`): the kernel
+    kills it with the sandbox, as is. Otherwise it needs a death signal: a
+    ``preexec_fn`` would force ``fork()`` of the whole pytest process (~5 ms for a
     worker of 80 MB, paid on every QEMU start); without one, CPython uses
-    ``vfork()`` (~0.1 ms) and util-linux's ``setpriv --pdeathsig`` sets the
-    death signal in the child instead (~1 ms of exec, in the child).
+    ``vfork()`` (~0.1 ms) and util-linux's ``setpriv --pdeathsig`` sets the death
+    signal in the child, at the cost of one more exec (0.8-1.2 ms per start, measured).
     """
+    if enclosed:
+        return argv, {"process_group": 0}
     return [_setpriv(), "--pdeathsig", "SIGKILL", "--", *argv], {"process_group": 0}
 
 
@@ -82,9 +86,9 @@ def run(
     """
     args = [os.fspath(a) for a in argv]
     full_env = {**os.environ, **(env or {})}
-    run_argv, how = popen_args(args)
     try:
-        with sandbox.ours():
+        with sandbox.ours() as enclosed:
+            run_argv, how = popen_args(args, enclosed)
             proc = subprocess.Popen(  # type: ignore[call-overload]
                 run_argv, stdin=subprocess.PIPE if input is not None else subprocess.DEVNULL,
                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=full_env, **how)

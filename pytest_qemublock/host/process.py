@@ -8,8 +8,10 @@ four independent safety nets:
 1. the owning fixture stops its processes at teardown;
 2. the registry kills whatever is left at session end, at interpreter exit
    and on SIGTERM;
-3. each child runs in its own process group and gets ``PR_SET_PDEATHSIG``, so
-   even a SIGKILLed pytest takes its QEMUs with it;
+3. each child runs in its own process group, in the run's PID namespace
+   (``sandbox.py``: the kernel kills it with the namespace's init, which dies
+   with this process) or, without one, with ``PR_SET_PDEATHSIG``: even a
+   SIGKILLed pytest takes its QEMUs with it;
 4. a journal (``journal.py``) records the live pids so that the next run can
    reap anything that survived an earlier, harder crash.
 """
@@ -268,10 +270,10 @@ class ProcessRegistry:
         err_path = log_dir / f"{stem}.stderr"
         env_delta = dict(env or {})
         full_env = {**os.environ, RUN_ENV: self.token, **env_delta}
-        run_argv, how = popen_args(argv)
         with open(out_path, "wb") as out, open(err_path, "wb") as err:
             try:
-                with sandbox.ours():  # the run's own: into its sandbox, if there is one
+                with sandbox.ours() as enclosed:  # the run's own: into its sandbox, if there is one
+                    run_argv, how = popen_args(argv, enclosed)
                     popen = subprocess.Popen(  # type: ignore[call-overload]
                         run_argv, stdin=stdin, stdout=out, stderr=err, env=full_env, cwd=cwd,
                         pass_fds=pass_fds, close_fds=True, **how)

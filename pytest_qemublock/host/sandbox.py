@@ -134,10 +134,14 @@ class Sandbox:
         self.closed = False
 
     # -- per spawn ----------------------------------------------------------------
+    def encloses(self) -> bool:
+        """Children this thread starts now go into the sandbox (not closed, not :meth:`outside`)."""
+        return not self.closed and not getattr(self._local, "outside", False)
+
     @contextlib.contextmanager
     def spawning(self) -> Iterator[None]:
         """Children forked by this thread inside the block start in the sandbox."""
-        if self.closed or getattr(self._local, "outside", False):
+        if not self.encloses():
             yield
             return
         back_pid = _open_ns("/proc/thread-self/ns/pid_for_children")
@@ -252,25 +256,41 @@ def _is_python(args: Any) -> bool:
     return os.path.basename(first).startswith("python") or first == sys.executable
 
 
-_ours = threading.local()  # .on: the thread is starting a process of the run (process.py)
+#: .on: the thread is starting a process of the run (process.py); .box: the sandbox
+#: it promised that process (see ours())
+_ours = threading.local()
 
 
 @contextlib.contextmanager
-def ours() -> Iterator[None]:
+def ours() -> Iterator[bool]:
     """Processes this thread starts inside the block are the run's own (QEMU, servers,
     tools: ``process.py`` starts them all): they go into the sandbox. Other programs
     (testinfra's ``ps``/``ss``, pip) start in the host's PID namespace: procps reads
-    ``/proc/<its own pid>`` ("fatal library error, lookup self" in the sandbox)."""
-    was = getattr(_ours, "on", False)
-    _ours.on = True
+    ``/proc/<its own pid>`` ("fatal library error, lookup self" in the sandbox).
+
+    Yields whether they go in: then the kernel SIGKILLs them when the sandbox's init
+    dies, which dies with this process, and they need no death signal of their own.
+    Should the sandbox end before they start, the start fails (:class:`SandboxError`)
+    rather than leave them without either."""
+    box = _stack[-1] if _stack else None
+    if box is not None and not box.encloses():
+        box = None
+    was = getattr(_ours, "on", False), getattr(_ours, "box", None)
+    _ours.on, _ours.box = True, box
     try:
-        yield
+        yield box is not None
     finally:
-        _ours.on = was
+        _ours.on, _ours.box = was
 
 
 def _execute_child(self: subprocess.Popen[Any], args: Any, *rest: Any, **kwargs: Any) -> Any:
+    promised = getattr(_ours, "box", None) if getattr(_ours, "on", False) else None
     box = _stack[-1] if _stack else None
+    if promised is not None:
+        if box is not promised or not box.encloses():
+            raise SandboxError("the sandbox ended while a process of the run was being started")
+        with box.spawning():
+            return _original_execute_child(self, args, *rest, **kwargs)
     if box is None:
         return _original_execute_child(self, args, *rest, **kwargs)
     if _is_python(args):

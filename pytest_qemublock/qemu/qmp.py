@@ -67,6 +67,8 @@ class QmpSession:
         self._client = QMPClient(name)
         self._seen_events: list[dict[str, Any]] = []
         self.greeting: dict[str, Any] | None = None
+        #: an interrupt cancelled the reader mid-await: nothing would read a reply any more
+        self._interrupted = False
 
     # -- connection ----------------------------------------------------------
     def connect(self, sock: socket.socket, timeout: float | None = None) -> None:
@@ -90,7 +92,7 @@ class QmpSession:
 
     @property
     def connected(self) -> bool:
-        return self._client.runstate == Runstate.RUNNING
+        return self._client.runstate == Runstate.RUNNING and not self._interrupted
 
     def close(self) -> None:
         """Disconnect (errors ignored: the peer may already be gone)."""
@@ -223,6 +225,8 @@ class QmpSession:
                 # stopped the loop mid-await: qemu.qmp's tasks would stay pending
                 # and be destroyed at exit, printing "no running event loop"
                 # tracebacks and "Task was destroyed" after pytest's summary.
+                # A ``quit`` at teardown would then wait out its whole timeout.
+                self._interrupted = True
                 self._cancel_pending()
             raise
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -343,3 +344,22 @@ def test_work_dir_file_system_with_room_is_accepted(inner):
 
     assert r.ret == 0, r.stdout.str() + r.stderr.str()
     r.assert_outcomes(passed=1)
+
+
+def _python_child_network() -> str:
+    child = subprocess.run([sys.executable, "-c", "import os; print(os.readlink('/proc/self/ns/net'))"],
+                           stdout=subprocess.PIPE, text=True, timeout=60, check=True)
+    return child.stdout.strip()
+
+
+def test_python_children_reach_the_host_network_after_an_in_process_run(inner):
+    """An in-process run that stops at start-up (bad input) nests a sandbox of its own;
+    afterwards a Python child of this process (pip in test_wheel.py) must still start in
+    the host's network, not in a sandbox's loopback-only one (it found no package index)."""
+    inner.ini()
+    inner.suite()
+    before = _python_child_network()
+
+    inner.run_inprocess("--qemu-img=/nonexistent/qemu-img")  # refused after the sandbox is made
+
+    assert _python_child_network() == before

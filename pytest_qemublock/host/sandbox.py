@@ -27,10 +27,8 @@ run's own processes (started by ``process.py`` under :func:`ours`) go in.
 
 Only root can ``setns()``; elsewhere :func:`enter` says why not, the state
 journal (:func:`.process.reap_stale`) stays the only net for processes, and
-TCP backends skip (:func:`loopback_shared`). A per-spawn ``unshare --user
---map-current-user --pid --fork --kill-child`` wrapper would work for a normal
-user (+0.5-0.9 ms per spawn, measured), but then the spawned pid is unshare's,
-not the server's or QEMU's that fdinfo checks and namespace lookups need.
+TCP backends skip (:func:`loopback_shared`). (A per-spawn ``unshare --user
+--pid --fork`` wrapper would give the pid of unshare, not of QEMU, to fdinfo.)
 
 A child of the sandbox sees the host's /proc with its namespace pid: a pid it
 reports (``$!``, a pid file) is not the host's, and a program that reads
@@ -182,12 +180,13 @@ class Sandbox:
 
     @contextlib.contextmanager
     def host_network(self) -> Iterator[None]:
-        """Children forked by the main thread inside the block start in the network we came from."""
-        if self.closed or self._outer_net_fd is None or \
+        """Children forked by the main thread inside the block start in the host's network
+        (not in the outer sandbox's loopback that a nested, in-process run came from)."""
+        if self.closed or _host_net_fd is None or \
                 os.readlink("/proc/thread-self/ns/net") != self.net_ns:
             yield
             return
-        _setns(self._outer_net_fd, _CLONE_NEWNET, "host net")
+        _setns(_host_net_fd, _CLONE_NEWNET, "host net")
         try:
             yield
         finally:
@@ -241,6 +240,8 @@ class Sandbox:
 
 # The sandboxes entered, innermost last (an in-process pytester run nests one).
 _stack: list[Sandbox] = []
+#: the network this process started in, opened at its first sandbox (kept open for good)
+_host_net_fd: int | None = None
 _original_execute_child: Any = None
 
 
@@ -364,6 +365,9 @@ def enter(timeout: float = 10.0, die_with_parent: bool = False) -> Sandbox:
             if ns_id(kids[0], kind) == ns_id("self", kind):
                 raise SandboxError(f"the init (pid {kids[0]}) is not in a new {kind} namespace")
         box = Sandbox(holder, kids[0], 0.0)
+        global _host_net_fd  # noqa: PLW0603 - set once, at the first sandbox of the process
+        if _host_net_fd is None:
+            _host_net_fd = _open_ns("/proc/thread-self/ns/net")
         box.join_network()
     except BaseException:
         if holder.poll() is None:

@@ -147,17 +147,21 @@ def pytest_collection_modifyitems_last(config: pytest.Config, items: list[pytest
 
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_call(item: pytest.Item) -> Generator[None, object, object]:
-    watch = item.stash.get(crashes.WATCH_KEY, None)
-    if watch is None:
-        return (yield)
+    # The watch is looked up after the body: a test that takes its QEMU fixtures with
+    # request.getfixturevalue() during the call has none before it (its crash then
+    # surfaced as a bare ProcessError and again as a teardown error).
     try:
         result = yield
     except (KeyboardInterrupt, pytest.exit.Exception):
         raise
     except BaseException as e:
-        watch.after_call(e)  # a crash of the build's processes fails the case first
+        watch = item.stash.get(crashes.WATCH_KEY, None)
+        if watch is not None:
+            watch.after_call(e)  # a crash of the build's processes fails the case first
         raise
-    watch.after_call(None)
+    watch = item.stash.get(crashes.WATCH_KEY, None)
+    if watch is not None:
+        watch.after_call(None)
     return result
 
 

@@ -256,3 +256,29 @@ def test_a_shared_process_dead_at_the_end_of_its_module_is_reported(inner, monke
                             "cleanup of shared targets failed: CRASH: qemu-nbd of build default killed by "
                             "SIGKILL [[]qemu-nbd, pid *[]], found at the end of the module, *"])
     assert_no_leak(inner)
+
+
+LATE_FIXTURE = '''
+import os, signal
+
+def test_takes_qemu_during_the_call(request):
+    qemu = request.getfixturevalue("qemu")  # as suites/test_dynamic.py takes its bench
+    vm = qemu.start()
+    os.kill(vm.pid, signal.SIGKILL)
+    vm.proc.wait_exit(10)
+    vm.execute("query-status")
+'''
+
+
+def test_a_crash_is_reported_once_when_the_fixtures_come_during_the_call(inner):
+    """The crash watch exists only once the case asked for a QEMU; a case that asks during
+    its body must still get the crash line as its failure, and no second report at teardown."""
+    inner.suite(LATE_FIXTURE)
+    r = inner.run("-rfE")
+
+    r.assert_outcomes(failed=1)
+    line = failure_first_lines(r)["test_takes_qemu_during_the_call"]
+    assert re.fullmatch(CRASH.format(prog="qemu-system-x86_64", how="killed by SIGKILL", name="qemu",
+                                     at="during QMP query-status"), line), line
+    assert "found at shutdown" not in r.stdout.str() and "ERROR at teardown" not in r.stdout.str()
+    assert_no_leak(inner)

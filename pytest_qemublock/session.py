@@ -24,7 +24,7 @@ from .evidence import TestEvidence
 from .host import leftovers, procfs, sandbox
 from .host.journal import StateDir, default_state_dir, new_token, reap_stale
 from .host.process import ProcessRegistry
-from .qemu.arch import REFERENCE
+from .qemu.arch import REFERENCE, Arch
 from .qemu.build import BuildError, QemuBuild, build_labels, resolve_builds
 from .qemu.capabilities import Capabilities, load_capabilities
 from .qemu.instance import Timeouts
@@ -103,6 +103,7 @@ class QemuBlockSession:
         self.settings = settings
         self.timeouts = Timeouts.scaled(settings.timeout_factor)
         self._builds: list[QemuBuild] | None = None
+        self._labels: list[tuple[str, Arch]] | None = None  # build_ids(), once
         self._build_error: BuildError | None = None
         self._caps: dict[str, Capabilities] = {}
         self._probe_errors: dict[str, QemuBlockError] = {}
@@ -175,7 +176,10 @@ class QemuBlockSession:
         there are several, a lone build's only if its arch is not x86_64 (so the ids of
         x86_64 runs stay as they were)."""
         if self.settings.build_specs:
-            labels = build_labels(self.settings.build_specs)
+            # asked once per test function at collection: the same specs, the same files
+            if self._labels is None:
+                self._labels = build_labels(self.settings.build_specs)
+            labels = self._labels
         else:
             try:
                 labels = [(b.name, b.arch) for b in self.builds]

@@ -26,12 +26,13 @@ import re
 import shutil
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 from . import arch as arch_mod
 from .arch import REFERENCE, Arch, ArchError
 from .binaries import BINARIES, MIN_VERSION, SPEC_BY_ROLE, Binary, BinarySpec, BuildError, check_binary
-from .buildtree import BuildTree, open_tree, searched
+from .buildtree import BuildTree, find_program, open_tree, searched
 
 __all__ = ["BINARIES", "MIN_VERSION", "SPEC_BY_ROLE", "Binary", "BinarySpec", "BuildError", "QemuBuild"]
 
@@ -118,7 +119,7 @@ def resolve_default_build(
     environ = dict(os.environ if environ is None else environ)
     tree = _check_build_dir(build_dir) if build_dir else None
     chosen = _chosen_arch(get_option("--qb-arch") or get_ini("qb_arch"))
-    arch = chosen or (_dir_arch(tree, f"--qemu-build-dir {build_dir}") if tree
+    arch = chosen or (_dir_arch(tree.find, f"--qemu-build-dir {build_dir}") if tree
                       else arch_mod.ARCHES[REFERENCE])
     candidates: dict[str, tuple[Path, str]] = {}
     missing: dict[str, str] = {}
@@ -185,7 +186,7 @@ def resolve_named_build(spec: str, allow_mixed: bool = False) -> QemuBuild:
     binary from DIR, or with *allow_mixed* from PATH if DIR lacks it."""
     name, directory, arch_name = split_build_spec(spec)
     tree = _check_build_dir(directory)
-    arch = arch_mod.get(arch_name) if arch_name else _dir_arch(tree, f"--qemu-build {spec}")
+    arch = arch_mod.get(arch_name) if arch_name else _dir_arch(tree.find, f"--qemu-build {spec}")
     name = arch_mod.label(name, arch)
     candidates: dict[str, tuple[Path, str]] = {}
     missing: dict[str, str] = {}
@@ -216,7 +217,9 @@ def build_labels(build_specs: Sequence[str]) -> list[tuple[str, Arch]]:
     for spec in build_specs:
         name, directory, arch_name = split_build_spec(spec)
         try:
-            arch = arch_mod.get(arch_name) if arch_name else _dir_arch(_check_build_dir(directory), spec)
+            # which qemu-system-* files it holds, nothing more (no module or firmware search)
+            arch = arch_mod.get(arch_name) if arch_name else _dir_arch(
+                partial(find_program, Path(os.path.expanduser(directory))), spec)
         except BuildError:
             arch = arch_mod.ARCHES[REFERENCE]  # resolution reports the unusable directory
         out.append((arch_mod.label(name, arch), arch))
@@ -253,9 +256,10 @@ def _explicit_arch(found: tuple[Path, str], chosen: Arch | None) -> Arch | None:
     return named
 
 
-def _dir_arch(tree: BuildTree, where: str) -> Arch:
-    """The arch of the qemu-system-* *tree* holds: x86_64 if it has it, else its only one."""
-    present = [a for a in arch_mod.ARCHES.values() if tree.find(a.system_binary)]
+def _dir_arch(find: Callable[[str], Path | None], where: str) -> Arch:
+    """The arch of the qemu-system-* a directory holds (*find*: a program's path in it, or
+    None): x86_64 if it has it, else its only one."""
+    present = [a for a in arch_mod.ARCHES.values() if find(a.system_binary)]
     if not present:
         raise BuildError(f"{where}: no qemu-system-ARCH for an arch in {', '.join(sorted(arch_mod.ARCHES))}")
     if any(a.name == REFERENCE for a in present) or len(present) == 1:

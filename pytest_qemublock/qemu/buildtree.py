@@ -103,6 +103,11 @@ def searched(root: Path, filename: str) -> list[Path]:
     return [root / sub / filename for layout in LAYOUTS for sub in layout.bindirs]
 
 
+def find_program(root: Path, filename: str) -> Path | None:
+    """*filename* where any layout keeps binaries below *root* (no module or firmware search)."""
+    return next((p for p in searched(root, filename) if _is_program(p)), None)
+
+
 def open_tree(root: Path, system: str) -> BuildTree | None:
     """The build at *root* in the first layout that holds the *system* binary, or None."""
     for layout in LAYOUTS:
